@@ -1,0 +1,102 @@
+"""The implementation of each ``parallax`` subcommand."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError
+
+
+def dispatch(args, out: Console, err: Console) -> int:
+    cmd = {"list-plugins": "plugins"}.get(args.command, args.command)
+    return globals()[f"cmd_{cmd.replace('-', '_')}"](args, out, err)
+
+
+def cmd_run(args, out: Console, err: Console) -> int:
+    from ..recipe import load_recipe
+    from ..trainer import Trainer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    trainer = Trainer(recipe, console=err)
+    summary = trainer.fit()
+    if trainer.is_main:
+        out.out(json.dumps(summary), highlight=False)
+    return 0
+
+
+def cmd_ls(args, out: Console, err: Console) -> int:
+    from ..recipe import builtin_recipes
+
+    table = Table("recipe", "runs with", "file")
+    for name, path in builtin_recipes().items():
+        first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
+        table.add_row(name, first, str(path))
+    out.print(table)
+    return 0
+
+
+def cmd_cp(args, out: Console, err: Console) -> int:
+    from ..recipe import builtin_recipes
+
+    shipped = builtin_recipes()
+    name = Path(args.name).stem if args.name.endswith(".yaml") else args.name
+    if name not in shipped:
+        raise ConfigError(f"{args.name}: no built-in recipe of that name (built-in: {', '.join(shipped) or 'none'})")
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / f"{name}.yaml"
+    if dest.exists() and not args.force:
+        raise ConfigError(f"{dest}: already exists; pass --force to overwrite")
+    if not dest.parent.is_dir():
+        raise ConfigError(f"{dest.parent}: directory does not exist")
+    shutil.copyfile(shipped[name], dest)
+    out.print(f"copied {name} to {dest}")
+    return 0
+
+
+def cmd_cat(args, out: Console, err: Console) -> int:
+    from ..recipe import dump_recipe, load_recipe
+
+    out.out(dump_recipe(load_recipe(args.recipe, args.overrides)), end="", highlight=False)
+    return 0
+
+
+def cmd_validate(args, out: Console, err: Console) -> int:
+    from ..recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data)")
+    return 0
+
+
+def cmd_plugins(args, out: Console, err: Console) -> int:
+    from ..registry import get_registry
+
+    reg = get_registry()
+    rows = [
+        {"name": p.name, "version": p.version, "dist": p.dist, "builtin": p.builtin, "provides": p.provides,
+         "hooks": p.hooks, "error": p.error}
+        for p in reg.plugins.values()
+    ]
+    if args.json:
+        out.out(json.dumps(rows, indent=2), highlight=False)
+        return 0
+    table = Table("plugin", "version", "provides", "status")
+    for r in rows:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items())
+        status = "[green]ok[/]" if not r["error"] else f"[red]broken[/]: {r['error']}"
+        table.add_row(r["name"], r["version"] or "?", provides, status)
+    out.print(table)
+    return 0
+
+
+def cmd_bench(args, out: Console, err: Console) -> int:
+    if args.bench == "memory":
+        from ..bench.memory import run
+
+        return run(args, out, err)
+    raise ConfigError(f"unknown benchmark '{args.bench}'")

@@ -1,0 +1,112 @@
+"""``parallax``: run, ls, cp, cat, validate, plugins (alias list-plugins), bench.
+
+User errors (``ParallaxError``) print one line and exit 2; argparse errors do the same and say
+what to use instead. Recipe overrides are positional ``key=value`` and ``~key`` items.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+
+from rich.console import Console
+
+from ..errors import ParallaxError
+
+COMMANDS = ["run", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "bench"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that fails in one line, with a hint for the common mistakes."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        hint = ""
+        if "unrecognized arguments" in message or "unrecognized argument" in message:
+            bad = message.split(":", 1)[1].split()
+            flag = next((b for b in bad if b.startswith("-")), bad[0] if bad else "")
+            key = _recipe_key(flag)
+            if key:
+                hint = f"; recipe options are overrides without dashes: {key}=VALUE"
+            elif flag.startswith("-"):
+                hint = f"; recipe options are overrides such as train.max_steps=100 (see `{self.prog} --help`)"
+        elif "invalid choice" in message and "argument command" in message:
+            word = message.split("'")[1] if "'" in message else ""
+            close = difflib.get_close_matches(word, COMMANDS, n=1)
+            hint = f"; did you mean `parallax {close[0]}`?" if close else f"; commands: {', '.join(COMMANDS)}"
+            message = f"unknown command '{word}'"
+        sys.stderr.write(f"{self.prog}: error: {message}{hint}\n")
+        sys.exit(2)
+
+
+def _recipe_key(flag: str) -> str | None:
+    """The recipe key a mistyped flag such as ``--max-steps`` probably meant (``train.max_steps``)."""
+    if not flag.startswith("-"):
+        return None
+    from ..schema import Recipe, TrainConfig
+
+    leaf = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+    keys = {k: k for k in Recipe.model_fields} | {k: f"train.{k}" for k in TrainConfig.model_fields}
+    return keys.get(leaf)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="parallax", description="Parallax: the Central Workspace research framework.")
+    p.add_argument("--version", action="version", version=f"parallax-cws {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="command", parser_class=Parser)
+    sub.required = True
+
+    r = sub.add_parser("run", help="train a recipe: parallax run RECIPE [key=value ...] [~key ...]")
+    r.add_argument("recipe", help="a YAML file, or the name of a built-in recipe (see `parallax ls`)")
+    r.add_argument("overrides", nargs="*", help="key=value sets a key (value parsed as YAML); ~key removes it")
+
+    sub.add_parser("ls", help="list the built-in recipes")
+
+    c = sub.add_parser("cp", help="copy a built-in recipe to edit: parallax cp NAME DEST")
+    c.add_argument("name")
+    c.add_argument("dest")
+    c.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+
+    for name, text in (("cat", "print the resolved recipe, defaults included"), ("validate", "validate a recipe and its overrides")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("recipe")
+        s.add_argument("overrides", nargs="*")
+
+    for name in ("plugins", "list-plugins"):
+        s = sub.add_parser(name, help="list installed plugins and what they provide")
+        s.add_argument("--json", action="store_true", help="one JSON array of plugin objects")
+
+    b = sub.add_parser("bench", help="benchmarks that print tables or JSON")
+    bsub = b.add_subparsers(dest="bench", metavar="benchmark", parser_class=Parser)
+    bsub.required = True
+    m = bsub.add_parser("memory", help="saved-for-backward bytes and peak memory of one training step at each K")
+    m.add_argument("recipe")
+    m.add_argument("overrides", nargs="*")
+    m.add_argument("--k", type=int, nargs="+", default=[8, 16, 32, 48], help="K values (default 8 16 32 48)")
+    m.add_argument("--json", action="store_true")
+    return p
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Console()
+    err = Console(stderr=True)
+    try:
+        from . import commands
+
+        return commands.dispatch(args, out, err) or 0
+    except ParallaxError as e:
+        sys.stderr.write(f"parallax: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("parallax: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Model assembly: encoder -> experts -> K-loop workspace -> motor decoder (DESIGN.md §2).
+
+``CWSModel`` knows components only by the registry names its recipe gives; it imports no
+plugin. ``build_model`` instantiates any registered model type from a validated recipe.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from .kloop import settle
+from .protocols import DataInfo, ModelOutput
+from .registry import Registry, get_registry
+from .schema import Component, Spec
+
+
+def build_component(kind: str, cfg: Spec, d_model: int, info: DataInfo, registry: Registry | None = None):
+    """Instantiate the ``kind`` component named by ``cfg.type`` with its validated options."""
+    cls = (registry or get_registry()).get(kind, cfg.type)
+    return cls(cfg, d_model, info)
+
+
+def build_model(cfg: Spec, info: DataInfo, registry: Registry | None = None) -> nn.Module:
+    registry = registry or get_registry()
+    cls = registry.get("models", cfg.type, where="model.type")
+    return cls(cfg, info, registry)
+
+
+class CWSModel(nn.Module):
+    """The Central Workspace model.
+
+    inputs (B,T) tokens or (B,C,H,W) images -> encoder x (B,T,d) -> each expert's context ->
+    K-loop settle (B,T,d) with per-position K (B,T) -> decoder logits.
+    """
+
+    class Config(Spec):
+        model_config = {"extra": "forbid"}
+        type: str = "cws"
+        d_model: int = Field(64, gt=0, description="workspace width d")
+        k_max: int = Field(8, ge=1, description="maximum K steps per position")
+        live_steps: int = Field(1, ge=1, description="steps with gradient at the end of the loop")
+        halting: Component("halting_rules")  # type: ignore[valid-type]
+        encoder: Component("encoders")  # type: ignore[valid-type]
+        experts: list[Component("experts")] = Field(min_length=1)  # type: ignore[valid-type]
+        workspace: Component("workspaces")  # type: ignore[valid-type]
+        decoder: Component("decoders")  # type: ignore[valid-type]
+
+        @model_validator(mode="after")
+        def _live_within_k(self):
+            if self.live_steps > self.k_max:
+                raise ValueError(f"live_steps ({self.live_steps}) must be <= k_max ({self.k_max})")
+            return self
+
+    def __init__(self, cfg: "CWSModel.Config", info: DataInfo, registry: Registry | None = None):
+        super().__init__()
+        registry = registry or get_registry()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.encoder = build_component("encoders", cfg.encoder, d, info, registry)
+        self.experts = nn.ModuleList(build_component("experts", e, d, info, registry) for e in cfg.experts)
+        self.workspace = build_component("workspaces", cfg.workspace, d, info, registry)
+        self.halting = registry.get("halting_rules", cfg.halting.type)(cfg.halting)
+        self.decoder = build_component("decoders", cfg.decoder, d, info, registry)
+        self.decoder.tie(self.encoder.tied_weight)
+        self.k_max = cfg.k_max
+        self.live_steps = cfg.live_steps
+
+    def forward(self, inputs: torch.Tensor, k_max: int | None = None, trace: bool = False) -> ModelOutput:
+        x = self.encoder(inputs)  # (B,T,d)
+        positions = torch.arange(x.shape[1], device=x.device)  # (T,)
+        contexts = [e.context(x) for e in self.experts]
+        res = settle(self.workspace, self.experts, contexts, x, positions, self.halting,
+                     k_max or self.k_max, self.live_steps, trace=trace)
+        logits = self.decoder(res.h)
+        stats: dict[str, Any] = {"trace": res.trace} if trace else {}
+        return ModelOutput(logits=logits, k=res.k, stats=stats)

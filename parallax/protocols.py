@@ -1,0 +1,190 @@
+"""The four component protocols of a CWS model, plus halting rules and data sources.
+
+Shapes: B batch, T positions, S slots, d model width, H workspace heads, dh = d // H.
+Every component is an ``nn.Module`` subclass with a nested pydantic ``Config`` (its recipe
+options) and a constructor ``__init__(self, cfg, d_model, info)`` (``info`` a ``DataInfo``). Plugins subclass these bases;
+the core only ever talks to them through the methods below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Literal
+
+import torch
+from torch import nn
+
+from .schema import Spec
+
+Clock = Literal["token", "h"]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about its data to size itself."""
+
+    vocab_size: int | None = None  # token vocabulary, for token encoders and LM heads
+    num_classes: int | None = None  # for classifier decoders
+    input_shape: tuple[int, ...] | None = None  # one example's raw shape, e.g. (C,H,W)
+
+
+@dataclass
+class ModelOutput:
+    """``logits (B,T,V)`` or ``(B,C)``; ``k (B,T)`` the K steps each position used (None for non-CWS)."""
+
+    logits: torch.Tensor
+    k: torch.Tensor | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Encoder(nn.Module):
+    """Raw input -> observations ``x (B,T,d)``. Position is not added here (it lives in experts).
+
+    ``step`` encodes one new input with a cache, for generation; it must equal ``forward``
+    at that position. ``tied_weight`` is the (V,d) table a tied output head may share.
+    """
+
+    Config: ClassVar[type[Spec]]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:  # (B,T,...) -> (B,T,d)
+        raise NotImplementedError
+
+    def step(self, inputs_t: torch.Tensor, cache: Any | None) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError(f"{type(self).__name__} does not support incremental encoding")
+
+    @property
+    def tied_weight(self) -> torch.Tensor | None:
+        return None
+
+
+class Expert(nn.Module):
+    """Turns context into per-slot proposals ``(B,T,S_e,d)``.
+
+    ``clock`` is ``"token"`` (proposals depend on observations only, so they are computed once per
+    context update and cached across K steps) or ``"h"`` (recomputed at every K step from
+    ``h_eff``). ``slots`` is S_e.
+
+    Two phases:
+    - ``context(x)`` runs once over observations ``x (B,T,d)`` in parallel and returns whatever the
+      expert needs later (for a token-clocked expert: its proposals; for the attention probe: RoPE'd
+      keys and values). ``context_step(x_t, cache)`` is its incremental twin for one new position
+      and must agree with ``context`` at that position.
+    - ``propose(h_eff, ctx, positions)`` returns ``(B,T,S_e,d)`` for the query positions
+      ``positions (T,)`` (absolute indices into the sequence). Token-clocked experts ignore ``h_eff``.
+
+    A position's proposals may depend only on observations at positions <= its own (causality).
+    """
+
+    Config: ClassVar[type[Spec]]
+    clock: ClassVar[Clock] = "h"
+    slots: int
+
+    def context(self, x: torch.Tensor) -> Any:  # x (B,T,d)
+        return None
+
+    def context_step(self, x_t: torch.Tensor, cache: Any | None) -> tuple[Any, Any]:
+        """x_t (B,1,d), the cache from previous positions -> (ctx for this position, new cache)."""
+        return None, None
+
+    def propose(self, h_eff: torch.Tensor | None, ctx: Any, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # (B,T,S_e,d)
+
+
+@dataclass
+class WorkspaceState:
+    """The two pieces of state carried across K steps."""
+
+    h: torch.Tensor  # (B,T,d)
+    cum: torch.Tensor  # (B,T,H,S)
+
+
+class Workspace(nn.Module):
+    """The CWS inner loop (DESIGN.md §2.3; seed 001 §03).
+
+    ``read(h) -> h_eff`` is what h-clocked experts see. ``project_slots(slots) -> (k, v)`` maps
+    slot proposals ``(B,T,S,d)`` to keys and values ``(B,T,S,H,dh)``; token-clocked slots are
+    projected once and reused across K steps. ``step`` performs one K step and returns the new
+    state and the raw logits ``(B,T,H,S)`` the halting rule reads.
+    """
+
+    Config: ClassVar[type[Spec]]
+    heads: int
+
+    def init_state(self, x: torch.Tensor, n_slots: int) -> WorkspaceState:
+        raise NotImplementedError
+
+    def read(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project_slots(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def step(
+        self, state: WorkspaceState, h_eff: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[WorkspaceState, torch.Tensor]:
+        raise NotImplementedError
+
+
+class MotorDecoder(nn.Module):
+    """Reads settled states ``h (B,T,d)`` and emits outputs (logits ``(B,T,V)`` or ``(B,C)``).
+
+    ``step(h_t (B,1,d), cache) -> (logits_t (B,1,V), cache)`` decodes one new position and must
+    equal ``forward`` there. ``tie(weight)`` receives the encoder's table when the head is tied.
+    """
+
+    Config: ClassVar[type[Spec]]
+
+    def tie(self, weight: torch.Tensor | None) -> None:
+        pass
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, h_t: torch.Tensor, cache: Any | None) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError(f"{type(self).__name__} does not support incremental decoding")
+
+
+class HaltingRule:
+    """Decides, per position, when the K loop stops. Rules are stateless objects; the loop owns state.
+
+    ``update(raw, prev_raw, memo, k)`` receives the raw logits of step k and k-1 ``(B,T,H,S)`` and a
+    memo dict it may fill; it returns a bool mask ``(B,T)`` of positions that halt after step k.
+    A rule must be elementwise over positions, so positions halt independently.
+    """
+
+    Config: ClassVar[type[Spec]]
+
+    def __init__(self, cfg: Spec):
+        self.cfg = cfg
+
+    def update(self, raw: torch.Tensor, prev_raw: torch.Tensor | None, memo: dict, k: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DataSource:
+    """Yields training batches and a fixed validation set.
+
+    A batch is a dict with ``inputs`` and ``targets`` (ignore index -100), and optionally ``kind``,
+    an integer tensor shaped like ``targets`` that classes tokens for K reporting (names in
+    ``kind_names``). ``batch(step, rank)`` must be a pure function of (seed, step, rank) so that
+    resumed runs see the same data. ``vocab_size`` is the token vocabulary, where there is one.
+    """
+
+    Config: ClassVar[type[Spec]]
+    vocab_size: int | None = None
+    has_accuracy: bool = False
+    kind_names: dict[int, str] = {}
+
+    def __init__(self, cfg: Spec, seed: int, batch_size: int):
+        self.cfg = cfg
+        self.seed = seed
+        self.batch_size = batch_size
+
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(vocab_size=self.vocab_size)
+
+    def batch(self, step: int, rank: int = 0) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def val_batches(self, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        raise NotImplementedError

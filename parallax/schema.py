@@ -1,0 +1,80 @@
+"""Typed recipe schema (pydantic): the fixed top-level keys, and ``Spec``, the base of every plugin's options.
+
+A component in a recipe is a mapping with ``type: <registry name>`` plus that plugin's options.
+Fields that hold components are annotated ``Component("experts")`` (or a list of them); the
+validator in ``parallax.recipe`` replaces each one with the plugin's own validated ``Config``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+
+class Spec(BaseModel):
+    """Base of every component's options. Subclasses set ``extra='forbid'`` and declare fields."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="registry name of the component")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Marks a field as holding a component of one registry kind (``experts``, ``encoders``...)."""
+
+    kind: str
+
+
+def Component(kind: str):  # noqa: N802 - reads like a type in field annotations
+    return Annotated[Spec, Kind(kind)]
+
+
+class OptimizerConfig(Spec):
+    """Any ``torch.optim`` optimizer by name; extra keys are passed to its constructor."""
+
+    type: str = Field("adamw", description="torch.optim class name, case-insensitive (adamw, sgd, muon...)")
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ScheduleConfig(Strict):
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+
+
+class TrainConfig(Strict):
+    max_steps: int = Field(1000, gt=0, description="optimizer steps")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget; stops, evaluates and saves")
+    eval_every: int = Field(200, gt=0)
+    log_every: int = Field(10, gt=0)
+    save_every: int = Field(500, gt=0)
+    keep_last_n: int = Field(2, ge=1, description="checkpoints kept in out_dir")
+    batch_size: int = Field(32, gt=0, description="per process")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto = bf16 on CUDA when supported, else fp32"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; null keeps torch's default")
+    resume: str | bool = Field(False, description="false | auto (latest in out_dir if any) | true (must exist) | PATH")
+    progress: bool = Field(True, description="rich progress bar")
+    compile: bool = Field(False, description="torch.compile the model")
+
+
+class Recipe(Strict):
+    """A whole recipe. ``model`` and ``data`` are components chosen by registry name."""
+
+    seed: int = 0
+    out_dir: str = Field("runs/default", description="run directory: metrics.jsonl and step-XXXXXXXX/")
+    model: Component("models")  # type: ignore[valid-type]
+    data: Component("data_sources")  # type: ignore[valid-type]
+    train: TrainConfig = TrainConfig()
+    #: (kind, registry name) of every component, filled in by validation
+    _components: list[tuple[str, str]] = PrivateAttr(default_factory=list)

@@ -1,0 +1,328 @@
+"""The trainer: one loop for every registered model, under the CWS training contract.
+
+The K-loop contract itself (K-1 frozen steps, ``live_steps`` live) lives in the model; the trainer
+adds the optimizer and schedule, autocast and clipping, metrics.jsonl, atomic checkpoints with
+resume, a wall-clock budget, and DDP (rank 0 logs and saves). It runs unchanged under torchrun.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import checkpoint as ckpt
+from .errors import ConfigError, TrainingError
+from .evaluate import evaluate
+from .model import build_model
+from .recipe import dump_recipe
+from .registry import Registry, get_registry
+from .schema import Recipe, TrainConfig
+
+
+# -- pieces --------------------------------------------------------------------------------------
+def build_data(recipe: Recipe, registry: Registry):
+    cls = registry.get("data_sources", recipe.data.type, where="data.type")
+    return cls(recipe.data, recipe.seed, recipe.train.batch_size)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Any torch.optim optimizer by name. Weight decay applies to matrices only (not norms, biases)."""
+    opt = cfg.optimizer
+    name = {n.lower(): n for n in dir(torch.optim)}[opt.type.lower()]
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    other = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return getattr(torch.optim, name)([g for g in groups if g["params"]], lr=opt.lr, **(opt.model_extra or {}))
+
+
+def lr_lambda(cfg: TrainConfig):
+    warm, floor, total = cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio, cfg.max_steps
+
+    def f(step: int) -> float:  # step counts completed optimizer steps
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is available; use train.device=cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+
+
+def resolve_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
+    r = cfg.resume
+    if r is False or r == "false":
+        if ckpt.list_checkpoints(out_dir):
+            raise ConfigError(
+                f"train.resume: {out_dir} already holds checkpoints; pass train.resume=auto to continue, "
+                f"or choose a new out_dir=..."
+            )
+        return None
+    if r == "auto":
+        return ckpt.latest(out_dir)
+    if r is True or r == "true":
+        found = ckpt.latest(out_dir)
+        if found is None:
+            raise ConfigError(f"train.resume: true, but {out_dir} holds no checkpoint; use train.resume=auto")
+        return found
+    path = Path(str(r))
+    if not path.is_dir():
+        raise ConfigError(f"train.resume: checkpoint directory {path} does not exist")
+    return path
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, recipe: Recipe, registry: Registry | None = None, console: Console | None = None):
+        self.recipe = recipe
+        self.registry = registry or get_registry()
+        self.cfg = recipe.train
+        self.out_dir = Path(recipe.out_dir)
+        self.console = console or Console(stderr=True)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.rank == 0
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg)
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+        if self.device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+        self.amp = autocast_dtype(cfg, self.device)
+        _seed_all(self.recipe.seed)  # identical initial weights on every rank
+        self.data = build_data(self.recipe, self.registry)
+        self.model = build_model(self.recipe.model, self.data.info, self.registry).to(self.device)
+        self.resume_from = resolve_resume(cfg, self.out_dir)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
+        self.step = 0
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        self.net = self.model
+        if self.distributed:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=False)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.config_yaml = f"# resolved recipe, written by parallax\n{dump_recipe(self.recipe)}"
+        self.metadata = {
+            "components": json.dumps(ckpt.components_used(self.recipe._components, self.registry)),
+            "plugins": json.dumps({p.name: p.version for p in self.registry.plugins.values() if not p.error}),
+        }
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _load(self, path: Path) -> None:
+        ckpt.check_plugins(path, self.registry)
+        ckpt.load_model_state(path, self.model)
+        state = ckpt.load_trainer_state(path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.step = int(state["step"])
+            torch.set_rng_state(state["rng"]["torch"])
+            random.setstate(state["rng"]["python"])
+            np.random.set_state(state["rng"]["numpy"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise ConfigError(f"train.resume: {path} does not match this recipe's optimizer ({e}); resume with its own recipe") from None
+        if self.is_main:
+            self.console.print(f"resumed from {path} at step {self.step}")
+
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        }
+        return ckpt.save(self.out_dir, self.step, self.model, state, self.config_yaml, self.metadata, self.cfg.keep_last_n)
+
+    # -- metrics --------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """After a resume, drop records logged past the checkpoint by the interrupted run."""
+        path = self.out_dir / "metrics.jsonl"
+        if self.is_main and path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        inputs, targets = batch["inputs"].to(self.device), batch["targets"].to(self.device)
+        with self.autocast():
+            out = self.net(inputs)
+            loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
+        if not _all_finite(loss, self.distributed):
+            saved = self.save() if self.step > 0 else None
+            where = f"the weights before this step are saved in {saved}" if saved else "nothing was saved"
+            raise TrainingError(
+                f"loss became {loss.item()} at step {self.step + 1}; {where}; lower train.optimizer.lr "
+                f"or set train.grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), (out.k.float().mean().detach() if out.k is not None else None)
+
+    def fit(self) -> dict:
+        self._setup()
+        cfg = self.cfg
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(self.config_yaml)
+            self._trim_metrics()
+            self.console.print(self._header())
+        start_time = time.time()
+        budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        tokens_per_step = self.recipe.train.batch_size * self.world * _tokens_per_example(self.data)
+        progress = Progress(
+            TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"), console=self.console,
+            disable=not (cfg.progress and self.is_main and self.console.is_terminal),
+        )
+        last_eval: dict = {}
+        window_loss, window_k, window_n, window_t = 0.0, 0.0, 0, time.time()
+        stop_reason = "max_steps"
+        try:
+            with progress:
+                task = progress.add_task("train", total=cfg.max_steps, completed=self.step, info="")
+                while self.step < cfg.max_steps:
+                    loss, k_mean = self.train_step(self.data.batch(self.step + 1, self.rank))
+                    self.step += 1
+                    window_loss += loss.item()
+                    window_k += k_mean.item() if k_mean is not None else float("nan")
+                    window_n += 1
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        elapsed = time.time() - window_t
+                        rec = {
+                            "step": self.step,
+                            "loss": window_loss / window_n,
+                            "tokens_per_s": tokens_per_step * window_n / max(elapsed, 1e-9),
+                            "k_mean": window_k / window_n if k_mean is not None else None,
+                            "lr": self.scheduler.get_last_lr()[0],
+                        }
+                        self._log(rec)
+                        progress.update(task, completed=self.step, info=_fmt(rec))
+                        window_loss, window_k, window_n, window_t = 0.0, 0.0, 0, time.time()
+                    else:
+                        progress.update(task, completed=self.step)
+                    out_of_time = budget is not None and _any_rank(time.time() - start_time > budget, self.distributed)
+                    if self.step % cfg.eval_every == 0 and not out_of_time:
+                        last_eval = self._eval()
+                    if self.step % cfg.save_every == 0:
+                        self.save()
+                    if out_of_time:
+                        stop_reason = "max_minutes"
+                        break
+        except KeyboardInterrupt:
+            saved = self.save() if self.step > 0 else None
+            raise TrainingError(f"interrupted at step {self.step}; saved {saved}; continue with train.resume=auto") from None
+        if not last_eval or last_eval.get("step") != self.step:
+            last_eval = self._eval()
+        if not (self.out_dir / f"step-{self.step:08d}").exists():
+            self.save()
+        summary = {
+            "step": self.step, "stop": stop_reason, "train_seconds": round(time.time() - start_time, 1),
+            "world_size": self.world, **{k: v for k, v in last_eval.items() if k != "step"},
+        }
+        if self.is_main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.distributed:
+            dist.barrier()
+        return summary
+
+    def _eval(self) -> dict:
+        result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
+        result = {"step": self.step, **result}
+        self._log(result)
+        if self.is_main:
+            self.console.print("eval " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        return result
+
+    def _header(self) -> str:
+        used = json.loads(self.metadata["components"])
+        plugins = sorted({v for v in used.values()})
+        n = sum(p.numel() for p in self.model.parameters())
+        return (f"parallax run: {n:,} parameters on {self.device} (world {self.world}); "
+                f"plugins: {', '.join(plugins)}; out_dir {self.out_dir}")
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _tokens_per_example(data) -> int:
+    return int(data.batch(0)["inputs"][0].numel()) if hasattr(data, "batch") else 1
+
+
+def _all_finite(loss: torch.Tensor, distributed: bool) -> bool:
+    ok = torch.isfinite(loss.detach()).float()
+    if distributed:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _any_rank(flag: bool, distributed: bool) -> bool:
+    if not distributed:
+        return flag
+    t = torch.tensor(float(flag))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _fmt(rec: dict) -> str:
+    k = f"  K {rec['k_mean']:.2f}" if rec.get("k_mean") is not None else ""
+    return f"loss {rec['loss']:.4f}  {rec['tokens_per_s']:.0f} tok/s{k}"

@@ -1,0 +1,15 @@
+"""Built-in experts: the token-clocked Mamba SISO scan, and the h-clocked attention probe, MLP probe and SIREN."""
+import parallax
+
+from .attention_probe import AttentionProbe
+from .mamba_siso import MambaSISO
+from .mlp_probe import MLPProbe
+from .siren import Siren
+
+
+@parallax.hookimpl
+def register_experts(register):
+    register("mamba_siso", MambaSISO)
+    register("attention_probe", AttentionProbe)
+    register("mlp_probe", MLPProbe)
+    register("siren", Siren)

@@ -1,0 +1,68 @@
+"""Attention probe: an h-clocked causal read of the observations with RoPE (DESIGN.md §2.2).
+
+Each of ``slots`` query sets is projected from ``h_eff`` at position t and attends over the
+observations ``x_{<=t}``; keys and values come from ``x`` with RoPE on queries and keys. The
+slot queries share the key/value heads, which is grouped-query attention, so SDPA runs them with
+``enable_gqa``. Keys and values are computed once per context update (``context``) and cached
+for generation (``context_step``); the queries are recomputed at every K step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+import parallax
+
+
+class AttentionProbe(parallax.Expert):
+    clock = "h"
+
+    class Config(parallax.Spec):
+        model_config = {"extra": "forbid"}
+        type: str = "attention_probe"
+        slots: int = Field(2, ge=1, description="query sets, one slot each")
+        heads: int = Field(4, ge=1)
+        rope_base: float = Field(10000.0, gt=0)
+
+    def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
+        super().__init__()
+        if d_model % cfg.heads or (d_model // cfg.heads) % 2:
+            raise parallax.ConfigError(
+                f"attention_probe.heads: d_model {d_model} must split into {cfg.heads} heads of even width"
+            )
+        self.slots, self.heads, self.dh, self.base = cfg.slots, cfg.heads, d_model // cfg.heads, cfg.rope_base
+        self.q_proj = nn.Linear(d_model, cfg.slots * d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def _kv(self, x: torch.Tensor, positions: torch.Tensor):
+        B, T, _ = x.shape
+        k = self.k_proj(x).view(B, T, self.heads, self.dh).transpose(1, 2)  # (B,Hp,T,dh)
+        v = self.v_proj(x).view(B, T, self.heads, self.dh).transpose(1, 2)  # (B,Hp,T,dh)
+        cos, sin = parallax.rope_angles(positions, self.dh, self.base)
+        return parallax.apply_rope(k, cos, sin), v
+
+    def context(self, x: torch.Tensor):
+        return self._kv(x, torch.arange(x.shape[1], device=x.device))
+
+    def context_step(self, x_t: torch.Tensor, cache):
+        t = 0 if cache is None else cache[0].shape[2]
+        k, v = self._kv(x_t, torch.tensor([t], device=x_t.device))
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        return (k, v), (k, v)
+
+    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor) -> torch.Tensor:
+        k, v = ctx  # (B,Hp,Tk,dh)
+        B, Tq, d = h_eff.shape
+        q = self.q_proj(h_eff).view(B, Tq, self.slots, self.heads, self.dh)  # (B,Tq,S,Hp,dh)
+        q = q.permute(0, 3, 2, 1, 4).reshape(B, self.heads * self.slots, Tq, self.dh)  # (B,Hp*S,Tq,dh)
+        cos, sin = parallax.rope_angles(positions, self.dh, self.base)
+        q = parallax.apply_rope(q, cos, sin)
+        mask = torch.arange(k.shape[2], device=q.device)[None, :] <= positions[:, None]  # (Tq,Tk) causal
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B,Hp*S,Tq,dh)
+        out = out.view(B, self.heads, self.slots, Tq, self.dh).permute(0, 3, 2, 1, 4).reshape(B, Tq, self.slots, d)
+        return self.o_proj(out)  # (B,Tq,S,d)

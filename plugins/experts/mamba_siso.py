@@ -1,0 +1,85 @@
+"""Mamba SISO expert: a token-clocked selective state-space scan whose state is read out as slots.
+
+Per channel c and state n (Mamba, Gu & Dao 2023, eq. 2a with the selective Δ, B, C of §3.2):
+    a_t = exp(Δ_t[c] A[c,n]),   s_t[c,n] = a_t s_{t-1}[c,n] + Δ_t[c] B_t[n] x_t[c]
+    y_t^j[c] = sum_n C_t^j[n] s_t[c,n] + D[c] x_t[c]          for readout j = 1..slots
+Each readout C^j gives one slot, so the expert proposes (B,T,slots,d). Its proposals depend on
+observations only (token clock): computed once per context update, cached across K steps.
+The parallel forward is a Hillis-Steele scan over T (log2 T steps, stable because every
+composed decay is a product of values in (0,1]); ``context_step`` is the one-step recurrence.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+import parallax
+
+
+def affine_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """s_t = a_t * s_{t-1} + b_t with s_{-1} = 0, along dim 1. a, b: (B,T,...) -> s (B,T,...)."""
+    T = a.shape[1]
+    offset = 1
+    while offset < T:
+        # compose (a_t, b_t) after (a_{t-o}, b_{t-o}); positions < o have nothing before them
+        b = torch.cat([b[:, :offset], b[:, offset:] + a[:, offset:] * b[:, :-offset]], dim=1)
+        a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], dim=1)
+        offset *= 2
+    return b
+
+
+class MambaSISO(parallax.Expert):
+    clock = "token"
+
+    class Config(parallax.Spec):
+        model_config = {"extra": "forbid"}
+        type: str = "mamba_siso"
+        slots: int = Field(4, ge=1, description="readouts of the state, one slot each")
+        d_state: int = Field(16, ge=1, description="state size N per channel")
+        dt_min: float = Field(1e-3, gt=0)
+        dt_max: float = Field(1e-1, gt=0)
+
+    def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
+        super().__init__()
+        self.slots, self.n = cfg.slots, cfg.d_state
+        d = d_model
+        self.dt_proj = nn.Linear(d, d)
+        # Δ initialised log-uniform in [dt_min, dt_max] through the softplus bias (as in Mamba).
+        dt = torch.exp(torch.rand(d) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            self.dt_proj.weight.mul_(0.1)
+        self.B_proj = nn.Linear(d, self.n, bias=False)
+        self.C_proj = nn.Linear(d, self.slots * self.n, bias=False)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.n + 1, dtype=torch.float32)).repeat(d, 1))  # (d,N) S4D-real
+        self.D = nn.Parameter(torch.ones(d))
+        self.out_proj = nn.Linear(d, d, bias=False)
+
+    def _coeffs(self, x: torch.Tensor):
+        dt = F.softplus(self.dt_proj(x))  # (B,T,d)
+        A = -torch.exp(self.A_log.float())  # (d,N)
+        a = torch.exp(dt.float()[..., None] * A)  # (B,T,d,N)
+        b = (dt * x).float()[..., None] * self.B_proj(x).float()[:, :, None, :]  # (B,T,d,N)
+        C = self.C_proj(x).float().unflatten(-1, (self.slots, self.n))  # (B,T,S,N)
+        return a, b, C
+
+    def _readout(self, s: torch.Tensor, C: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("btdn,btsn->btsd", s, C) + (self.D * x.float())[:, :, None, :]  # (B,T,S,d)
+        return self.out_proj(y.to(x.dtype))  # (B,T,S,d)
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, C = self._coeffs(x)
+        s = affine_scan(a, b)  # (B,T,d,N)
+        return self._readout(s, C, x)  # the proposals themselves
+
+    def context_step(self, x_t: torch.Tensor, cache):
+        a, b, C = self._coeffs(x_t)  # (B,1,d,N), (B,1,d,N), (B,1,S,N)
+        s = b if cache is None else a * cache + b  # (B,1,d,N)
+        return self._readout(s, C, x_t), s
+
+    def propose(self, h_eff, ctx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return ctx  # (B,T,S,d); independent of h by construction
