@@ -86,7 +86,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(f), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); choose another checkpoint") from None
+        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); resume from an earlier step-* with train.resume=PATH") from None
 
 
 def check_plugins(path: str | Path, registry: Registry) -> None:
@@ -109,7 +109,7 @@ def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
     try:
         state = load_file(str(f))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{f}: corrupt or unreadable ({str(e).splitlines()[0]}); resume from an earlier step-*") from None
+        raise CheckpointError(f"{f}: corrupt or unreadable ({str(e).splitlines()[0]}); resume from an earlier step-* with train.resume=PATH") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -125,4 +125,4 @@ def load_trainer_state(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no trainer_state.pt; the checkpoint is incomplete") from None
     except Exception as e:  # torch raises several types for truncated pickles
-        raise CheckpointError(f"{f}: corrupt ({type(e).__name__}); resume from an earlier step-*") from None
+        raise CheckpointError(f"{f}: corrupt ({type(e).__name__}); resume from an earlier step-* with train.resume=PATH") from None

@@ -199,11 +199,14 @@ class Trainer:
             out = self.net(inputs)
             loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         if not _all_finite(loss, self.distributed):
-            saved = self.save() if self.step > 0 else None
-            where = f"the weights before this step are saved in {saved}" if saved else "nothing was saved"
+            # Save the current weights if they are still finite (the batch was at fault); otherwise
+            # point at the newest checkpoint, which predates the damage.
+            weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+            saved = self.save() if weights_ok and self.step > 0 else ckpt.latest(self.out_dir)
+            where = f"last good weights: {saved}" if saved else "no checkpoint was written yet"
             raise TrainingError(
                 f"loss became {loss.item()} at step {self.step + 1}; {where}; lower train.optimizer.lr "
-                f"or set train.grad_clip"
+                f"or set train.grad_clip, then resume with train.resume=auto"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

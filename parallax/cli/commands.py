@@ -68,7 +68,15 @@ def cmd_cat(args, out: Console, err: Console) -> int:
 def cmd_validate(args, out: Console, err: Console) -> int:
     from ..recipe import load_recipe
 
+    import torch
+
+    from ..model import build_model
+    from ..registry import get_registry
+    from ..trainer import build_data
+
     recipe = load_recipe(args.recipe, args.overrides)
+    with torch.device("meta"):  # build-time checks (shapes, divisibility) without allocating
+        build_model(recipe.model, build_data(recipe, get_registry()).info)
     out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data)")
     return 0
 

@@ -1,0 +1,121 @@
+"""Malformed recipes, overrides and flags: each exits 2 with one line that names the problem."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parallax.cli.main import main
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:  # argparse exits directly
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def check(capsys, argv, *needles):
+    rc, err = run_cli(capsys, *argv)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1, f"expected one line, got: {err!r}"
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+# (overrides on the tiny recipe, words the message must contain)
+OVERRIDE_CASES = [
+    (["sed=1"], ["sed", "did you mean 'seed'"]),
+    (["model.type=cwz"], ["model.type", "did you mean 'cws'"]),
+    (["model.experts.0.type=mamba"], ["model.experts.0.type", "mamba_siso"]),
+    (["model.experts.1.slotz=3"], ["model.experts.1.slotz", "did you mean 'slots'"]),
+    (["model.experts.0.slots=two"], ["model.experts.0.slots", "integer"]),
+    (["model.experts.0.slots=0"], ["model.experts.0.slots", "greater than or equal to 1"]),
+    (["model.k_max=0"], ["model.k_max"]),
+    (["model.live_steps=9"], ["live_steps", "k_max"]),
+    (["model.experts=[]"], ["model.experts", "at least 1"]),
+    (["train.optimizer.type=adamww"], ["train.optimizer.type", "did you mean 'adamw'"]),
+    (["train.optimizer.betaz=[0.9,0.99]"], ["train.optimizer.betaz", "did you mean 'betas'"]),
+    (["train.precision=fp8"], ["train.precision", "'bf16'"]),
+    (["train.max_steps"], ["train.max_steps", "key=value"]),
+    (["train.max_steps=["], ["train.max_steps", "YAML"]),
+    (["~train.nope"], ["train.nope", "no such key"]),
+    (["~model.experts.9"], ["model.experts.9", "no such list index"]),
+    (["seed.x=1"], ["seed"]),
+    (["data.type=recal"], ["data.type", "did you mean 'recall'"]),
+    (["data.n_pairs=20"], ["data", "n_pairs"]),
+    (["model.workspace.init_h=random"], ["model.workspace.init_h"]),
+    (["~model.decoder"], ["model.decoder", "missing"]),
+    (["model.halting.type=sometimes"], ["model.halting.type", "momentum"]),
+    (["train.batch_size=-1"], ["train.batch_size"]),
+]
+
+
+@pytest.mark.parametrize("overrides,needles", OVERRIDE_CASES, ids=[" ".join(c[0]) for c in OVERRIDE_CASES])
+def test_bad_override_is_one_line_exit_2(capsys, tiny_recipe, overrides, needles):
+    check(capsys, ["validate", str(tiny_recipe), *overrides], *needles)
+
+
+def test_missing_recipe_file(capsys, tmp_path):
+    check(capsys, ["validate", str(tmp_path / "nope.yaml")], "nope.yaml", "not found", "parallax ls")
+
+
+def test_recipe_is_a_directory(capsys, tmp_path):
+    check(capsys, ["validate", str(tmp_path)], "not a file")
+
+
+@pytest.mark.parametrize(
+    "text,needles",
+    [
+        ("model: [unclosed\n", ["invalid YAML", "line"]),
+        ("", ["empty"]),
+        ("- a\n- b\n", ["mapping"]),
+        ("seed: 0\n", ["model", "missing"]),
+    ],
+    ids=["syntax", "empty", "list", "no-model"],
+)
+def test_malformed_recipe_file(capsys, tmp_path, text, needles):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    check(capsys, ["validate", str(p)], *needles)
+
+
+def test_recipe_not_utf8(capsys, tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("seed: 0 # caf\xe9\n".encode("latin-1"))
+    check(capsys, ["validate", str(p)], "UTF-8")
+
+
+def test_build_time_errors_are_caught_by_validate(capsys, tiny_recipe):
+    check(capsys, ["validate", str(tiny_recipe), "model.workspace.heads=3"], "heads", "divisible")
+
+
+def test_unknown_flag_suggests_override(capsys, tiny_recipe):
+    check(capsys, ["run", str(tiny_recipe), "--max-steps", "3"], "train.max_steps=VALUE")
+
+
+def test_unknown_command_suggests_closest(capsys):
+    check(capsys, ["rn", "x.yaml"], "parallax run")
+
+
+def test_resume_true_without_checkpoint(capsys, tiny_recipe):
+    check(capsys, ["run", str(tiny_recipe), "train.resume=true"], "train.resume", "resume=auto")
+
+
+def test_fp16_on_cpu(capsys, tiny_recipe):
+    check(capsys, ["run", str(tiny_recipe), "train.precision=fp16", "train.device=cpu"], "fp16", "bf16")
+
+
+def test_rerun_into_existing_run_dir_refuses(capsys, tiny_recipe):
+    assert main(["run", str(tiny_recipe), "train.max_steps=1"]) == 0
+    capsys.readouterr()
+    check(capsys, ["run", str(tiny_recipe), "train.max_steps=1"], "already holds checkpoints", "resume=auto")
+
+
+def test_cp_refuses_to_overwrite(capsys, tmp_path):
+    dest = tmp_path / "r.yaml"
+    dest.write_text("x")
+    check(capsys, ["cp", "recall", str(dest)], "already exists", "--force")

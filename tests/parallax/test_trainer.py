@@ -1,0 +1,131 @@
+"""The trainer: metrics, checkpoints, determinism, kill-and-resume, NaN handling, torchrun DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from parallax.cli.main import main
+from parallax.errors import TrainingError
+from parallax.recipe import load_recipe
+from parallax.trainer import Trainer
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_metrics_checkpoints_and_summary(tiny_recipe, tmp_path):
+    assert main(["run", str(tiny_recipe), "train.keep_last_n=1"]) == 0
+    run = tmp_path / "run"
+    recs = metrics(run)
+    train = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all({"step", "loss", "tokens_per_s", "k_mean"} <= r.keys() for r in train)
+    assert [r["step"] for r in evals] == [3, 6]
+    assert all("val_accuracy" in r and 0 <= r["val_accuracy"] <= 1 for r in evals)
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-00000006"]  # keep_last_n=1
+    ck = run / "step-00000006"
+    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "config.yaml", "trainer_state.pt"}
+    from safetensors import safe_open
+
+    with safe_open(str(ck / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert "experts/mamba_siso" in json.loads(meta["components"])
+    assert not list(run.glob(".tmp-*"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 6 and "val_k_mean_recall" in summary and "val_k_mean_other" in summary
+
+
+def test_same_seed_same_losses(tiny_recipe, tmp_path):
+    losses = []
+    for name in ("a", "b"):
+        main(["run", str(tiny_recipe), f"out_dir={tmp_path / name}"])
+        losses.append([r["loss"] for r in metrics(tmp_path / name) if "loss" in r])
+    assert losses[0] == losses[1]
+    main(["run", str(tiny_recipe), f"out_dir={tmp_path / 'c'}", "seed=1"])
+    assert [r["loss"] for r in metrics(tmp_path / "c") if "loss" in r] != losses[0]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "parallax", *args]
+
+
+def test_killed_run_resumes_to_identical_weights(tiny_recipe, tmp_path):
+    common = [str(tiny_recipe), "train.max_steps=40", "train.save_every=5", "train.eval_every=100", "train.keep_last_n=50"]
+    ref = tmp_path / "ref"
+    subprocess.run(_cli("run", *common, f"out_dir={ref}"), check=True, capture_output=True)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_cli("run", *common, f"out_dir={cut}"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "step-00000010").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (cut / "step-00000010").exists()
+    assert not (cut / "step-00000040").exists(), "the run finished before it could be killed"
+    done = subprocess.run(_cli("run", *common, f"out_dir={cut}", "train.resume=auto"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    a = load_file(str(ref / "step-00000040" / "model.safetensors"))
+    b = load_file(str(cut / "step-00000040" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in metrics(cut) if "loss" in r]
+    assert steps == sorted(set(steps)) == list(range(1, 41))  # no duplicated records after resume
+
+
+def test_resume_from_corrupt_checkpoint_is_one_line(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe)]) == 0
+    ck = tmp_path / "run" / "step-00000006" / "model.safetensors"
+    ck.write_bytes(ck.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["run", str(tiny_recipe), "train.max_steps=8", "train.resume=auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.safetensors" in err and "earlier" in err
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_weights(tiny_recipe, tmp_path, monkeypatch):
+    recipe = load_recipe(str(tiny_recipe), ["train.max_steps=6"])
+    trainer = Trainer(recipe)
+    real = Trainer.train_step
+
+    def poisoned(self, batch):
+        if self.step == 4:
+            batch = dict(batch)
+            with torch.no_grad():
+                self.model.encoder.embed.weight[0, 0] = float("nan")
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 5.*step-00000003.*resume=auto"):
+        trainer.fit()
+    # the NaN weights were not written over the good checkpoint
+    assert not (tmp_path / "run" / "step-00000004").exists()
+    good = load_file(str(tmp_path / "run" / "step-00000003" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in good.values())
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo_trains(tiny_recipe, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "parallax", "run", str(tiny_recipe), f"out_dir={out}", "train.device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 6
+    recs = [r for r in metrics(out) if "loss" in r]
+    assert len(recs) == 6  # rank 0 alone logs
+    assert (out / "step-00000006" / "model.safetensors").exists()
