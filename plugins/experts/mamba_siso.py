@@ -19,6 +19,11 @@ from torch import nn
 
 import parallax
 
+try:  # the CUDA kernel of the mamba_ssm package, used only when installed and on a CUDA tensor
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _selective_scan_fn
+except Exception:  # not installed, or built for another torch: the pure-PyTorch scan is used
+    _selective_scan_fn = None
+
 
 def affine_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """s_t = a_t * s_{t-1} + b_t with s_{-1} = 0, along dim 1. a, b: (B,T,...) -> s (B,T,...)."""
@@ -72,9 +77,23 @@ class MambaSISO(parallax.Expert):
         return self.out_proj(y.to(x.dtype))  # (B,T,S,d)
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
+        if _selective_scan_fn is not None and x.is_cuda:
+            return self._context_mamba_ssm(x)
         a, b, C = self._coeffs(x)
         s = affine_scan(a, b)  # (B,T,d,N)
         return self._readout(s, C, x)  # the proposals themselves
+
+    def _context_mamba_ssm(self, x: torch.Tensor) -> torch.Tensor:
+        """The same scan through mamba_ssm's kernel: the S readouts become S channel groups."""
+        Bsz, T, d = x.shape
+        S = self.slots
+        dt = F.softplus(self.dt_proj(x)).float().transpose(1, 2).repeat(1, S, 1)  # (B,S*d,T)
+        u = x.float().transpose(1, 2).repeat(1, S, 1)  # (B,S*d,T)
+        A = (-torch.exp(self.A_log.float())).repeat(S, 1)  # (S*d,N)
+        Bm = self.B_proj(x).float().transpose(1, 2)[:, None].expand(Bsz, S, self.n, T).contiguous()  # (B,S,N,T)
+        Cm = self.C_proj(x).float().view(Bsz, T, S, self.n).permute(0, 2, 3, 1).contiguous()  # (B,S,N,T)
+        y = _selective_scan_fn(u.contiguous(), dt.contiguous(), A, Bm, Cm, D=self.D.float().repeat(S))  # (B,S*d,T)
+        return self.out_proj(y.view(Bsz, S, d, T).permute(0, 3, 1, 2).to(x.dtype))  # (B,T,S,d)
 
     def context_step(self, x_t: torch.Tensor, cache):
         a, b, C = self._coeffs(x_t)  # (B,1,d,N), (B,1,d,N), (B,1,S,N)

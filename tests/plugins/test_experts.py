@@ -71,3 +71,17 @@ def test_affine_scan_matches_recurrence():
 def test_attention_probe_rejects_odd_head_width():
     with pytest.raises(parallax.ConfigError, match="heads"):
         make("attention_probe", heads=3)
+
+
+@pytest.mark.gpu
+def test_mamba_ssm_fast_path_matches_pure_scan():
+    from parallax_plugins.experts import mamba_siso
+
+    if mamba_siso._selective_scan_fn is None or not torch.cuda.is_available():
+        pytest.skip("needs the mamba_ssm package and a CUDA device")
+    e = make("mamba_siso").cuda()
+    x = torch.randn(B, T, D, device="cuda")
+    fast = e.context(x)
+    a, b, C = e._coeffs(x)
+    ref = e._readout(affine_scan(a, b), C, x)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
