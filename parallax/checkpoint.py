@@ -52,6 +52,15 @@ def components_used(components: list[tuple[str, str]], registry: Registry) -> di
     return used
 
 
+def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors stores it: detached, contiguous, on the CPU.
+
+    Tensors that share memory stay shared, so safetensors refuses a module that registers one
+    tensor under two names (a tied weight belongs to one module only).
+    """
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
 def save(
     out_dir: str | Path,
     step: int,
@@ -65,8 +74,7 @@ def save(
     tmp = Path(out_dir) / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT, **metadata})
+    save_file(state_tensors(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT, **metadata})
     (tmp / "config.yaml").write_text(config_yaml)
     torch.save(trainer_state, tmp / "trainer_state.pt")
     if final.exists():

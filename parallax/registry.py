@@ -116,6 +116,19 @@ class Registry:
             self.entries[kind][name] = Entry(name, cls, info)
             info.provides.setdefault(kind, []).append(name)
 
+    def remove(self, name: str) -> PluginInfo:
+        """Undo ``add``: unregister plugin ``name`` and forget every name it provided."""
+        if name not in self.plugins:
+            raise PluginError(f"plugin '{name}' is not registered (registered: {', '.join(sorted(self.plugins))})")
+        info = self.plugins.pop(name)
+        module = self.pm.get_plugin(name)
+        if module is not None:
+            self.pm.unregister(module)
+        for entries in self.entries.values():
+            for provided in [n for n, e in entries.items() if e.plugin is info]:
+                del entries[provided]
+        return info
+
     # -- lookup ----------------------------------------------------------------------------
     def get(self, kind: str, name: str, where: str = "type") -> Any:
         entries = self.entries[kind]

@@ -1,51 +1,40 @@
-"""Shared fixtures: a tiny CWS recipe that trains in well under a second per step on 2 CPU cores."""
+"""Shared fixtures. The project's own tests use ``parallax.testing`` exactly as a plugin author's do:
+its ``tiny_recipe`` (a CWS that trains in well under a second per step on 2 CPU cores),
+``make_tiny_recipe`` and ``register_plugin``. ``pytester`` runs pytest on generated test files."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-TINY = """\
-seed: 0
-out_dir: {out_dir}
-model:
-  type: cws
-  d_model: 16
-  k_max: 4
-  live_steps: 1
-  halting: {{type: momentum, rel_tol: 0.05, abs_tol: 0.001, k_min: 2}}
-  encoder: {{type: token, window: 2}}
-  experts:
-    - {{type: mamba_siso, slots: 2, d_state: 4}}
-    - {{type: attention_probe, slots: 1, heads: 2}}
-    - {{type: mlp_probe, slots: 1, hidden: 16}}
-    - {{type: siren, slots: 1, hidden: 8}}
-  workspace: {{type: cws, heads: 2}}
-  decoder: {{type: motor, layers: 2, context: 4, heads: 2, mlp_ratio: 2}}
-data: {{type: recall, n_keys: 8, n_values: 8, n_pairs: 3, n_queries: 2, val_size: 16}}
-train:
-  max_steps: 6
-  batch_size: 4
-  eval_every: 3
-  log_every: 1
-  save_every: 3
-  threads: 1
-  progress: false
-  optimizer: {{type: adamw, lr: 0.003}}
-  schedule: {{warmup_steps: 2}}
-"""
-
-
-@pytest.fixture
-def tiny_recipe(tmp_path: Path) -> Path:
-    """Path to a tiny, valid recipe whose out_dir is inside tmp_path."""
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(out_dir=tmp_path / "run"))
-    return path
+pytest_plugins = ["parallax.testing", "pytester"]
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def pip_install():
+    """``pip_install(package_dir, root) -> site``: pip builds the plugin package and installs it into
+    the folder ``root / "site"`` (not into this interpreter). Put ``site`` on sys.path or PYTHONPATH
+    and Parallax finds the plugin by its entry point, as it finds any installed plugin."""
+
+    def install(package: Path, root: Path) -> Path:
+        source = shutil.copytree(package, root / "source")  # pip builds in place; keep the checkout clean
+        site = root / "site"
+        base = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site)]
+        offline = subprocess.run([*base, "--no-build-isolation", "--no-index", str(source)], capture_output=True)
+        if offline.returncode != 0:
+            # This interpreter's setuptools cannot build a wheel by itself (before 70.1 it needs the
+            # wheel package), so let pip fetch a build backend from the package index.
+            subprocess.run([*base, str(source)], check=True)
+        return site
+
+    return install

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PluginError
 
 
 def dispatch(args, out: Console, err: Console) -> int:
@@ -16,11 +16,29 @@ def dispatch(args, out: Console, err: Console) -> int:
     return globals()[f"cmd_{cmd.replace('-', '_')}"](args, out, err)
 
 
-def cmd_run(args, out: Console, err: Console) -> int:
+def load(args):
+    """The command's recipe. When it names a component that no installed plugin provides and it
+    comes with a checkpoint (it is a checkpoint's config.yaml, or train.resume=PATH names one), the
+    checkpoint's metadata names the package to install, so the error says which."""
+    from ..checkpoint import check_plugins
     from ..recipe import load_recipe
+    from ..registry import get_registry
+
+    try:
+        return load_recipe(args.recipe, args.overrides)
+    except PluginError:
+        candidates = [Path(args.recipe).parent]
+        candidates += [Path(o.split("=", 1)[1]) for o in args.overrides if o.startswith("train.resume=")]
+        for path in candidates:
+            if (path / "model.safetensors").is_file():
+                check_plugins(path, get_registry())
+        raise
+
+
+def cmd_run(args, out: Console, err: Console) -> int:
     from ..trainer import Trainer
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load(args)
     trainer = Trainer(recipe, console=err)
     summary = trainer.fit()
     if trainer.is_main:
@@ -59,22 +77,20 @@ def cmd_cp(args, out: Console, err: Console) -> int:
 
 
 def cmd_cat(args, out: Console, err: Console) -> int:
-    from ..recipe import dump_recipe, load_recipe
+    from ..recipe import dump_recipe
 
-    out.out(dump_recipe(load_recipe(args.recipe, args.overrides)), end="", highlight=False)
+    out.out(dump_recipe(load(args)), end="", highlight=False)
     return 0
 
 
 def cmd_validate(args, out: Console, err: Console) -> int:
-    from ..recipe import load_recipe
-
     import torch
 
     from ..model import build_model
     from ..registry import get_registry
     from ..trainer import build_data
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load(args)
     with torch.device("meta"):  # build-time checks (shapes, divisibility) without allocating
         build_model(recipe.model, build_data(recipe, get_registry()).info)
     out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data)")
@@ -99,6 +115,19 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
         status = "[green]ok[/]" if not r["error"] else f"[red]broken[/]: {r['error']}"
         table.add_row(r["name"], r["version"] or "?", provides, status)
     out.print(table)
+    return 0
+
+
+def cmd_new_plugin(args, out: Console, err: Console) -> int:
+    from ..registry import get_registry
+    from ..scaffold import new_plugin
+
+    dest = Path(args.dest or args.name)
+    written = new_plugin(args.name, args.kind, dest, get_registry())
+    lines = [f"created the {args.kind} plugin '{args.name}' in {dest}:"]
+    lines += [f"  {path.relative_to(dest)}" for path in written]
+    lines += [f"next: pip install -e {dest} && pytest {dest}"]
+    out.out("\n".join(lines), highlight=False)  # unwrapped, so the paths can be copied
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``parallax``: run, ls, cp, cat, validate, plugins (alias list-plugins), bench.
+"""``parallax``: run, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench.
 
 User errors (``ParallaxError``) print one line and exit 2; argparse errors do the same and say
 what to use instead. Recipe overrides are positional ``key=value`` and ``~key`` items.
@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ..errors import ParallaxError
 
-COMMANDS = ["run", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "bench"]
+COMMANDS = ["run", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,6 +75,12 @@ def build_parser() -> Parser:
         s = sub.add_parser(name, help="list installed plugins and what they provide")
         s.add_argument("--json", action="store_true", help="one JSON array of plugin objects")
 
+    n = sub.add_parser("new-plugin", help="write a plugin package that installs, passes its tests and trains as it is")
+    n.add_argument("name", help="the plugin's name: its entry point and the recipe type it registers (e.g. my_expert)")
+    n.add_argument("--kind", choices=["expert", "encoder", "decoder", "workspace"], default="expert",
+                   help="what the plugin provides (default: expert)")
+    n.add_argument("--dest", help="directory to create (default: ./NAME); must not exist or be empty")
+
     b = sub.add_parser("bench", help="benchmarks that print tables or JSON")
     bsub = b.add_subparsers(dest="bench", metavar="benchmark", parser_class=Parser)
     bsub.required = True
@@ -95,7 +101,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Console()
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # log lines such as the run header stay one line each
     try:
         from . import commands
 

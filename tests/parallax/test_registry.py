@@ -101,3 +101,16 @@ def test_add_registers_an_in_process_plugin():
     reg.add(fake_module("inproc_mod", ["inproc_expert"]), PluginInfo("inproc", "inproc_mod", None, None, False))
     assert reg.entry("experts", "inproc_expert").plugin.name == "inproc"
     assert reg.plugins["inproc"].hooks == ["register_experts"]
+
+
+def test_remove_undoes_add_and_frees_the_names():
+    reg = Registry().load_entry_points()
+    mod = fake_module("removable_mod", ["removable_expert"])
+    reg.add(mod, PluginInfo("removable", "removable_mod", None, None, False))
+    assert reg.remove("removable").provides == {"experts": ["removable_expert"]}
+    assert "removable_expert" not in reg.names("experts") and "removable" not in reg.plugins
+    assert not reg.pm.is_registered(mod)
+    reg.add(mod, PluginInfo("removable", "removable_mod", None, None, False))  # the name is free again
+    assert reg.entry("experts", "removable_expert").plugin.error is None
+    with pytest.raises(PluginError, match="plugin 'nope' is not registered"):
+        reg.remove("nope")
