@@ -5,7 +5,7 @@ plugin. ``build_model`` instantiates any registered model type from a validated 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -42,6 +42,13 @@ class CWSModel(nn.Module):
         d_model: int = Field(64, gt=0, description="workspace width d")
         k_max: int = Field(8, ge=1, description="maximum K steps per position")
         live_steps: int = Field(1, ge=1, description="steps with gradient at the end of the loop")
+        train_k: Literal["max", "uniform", "ramp"] = Field(
+            "max",
+            description="K budget of each training batch: k_max; uniform in [live_steps, k_max]; or ramp: "
+            "uniform in [live_steps, cap] with cap rising linearly to k_max over k_ramp_steps. "
+            "Evaluation and generation always use k_max.",
+        )
+        k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
         halting: Component("halting_rules")  # type: ignore[valid-type]
         encoder: Component("encoders")  # type: ignore[valid-type]
         experts: list[Component("experts")] = Field(min_length=1)  # type: ignore[valid-type]
@@ -67,8 +74,24 @@ class CWSModel(nn.Module):
         self.decoder.tie(self.encoder.tied_weight)
         self.k_max = cfg.k_max
         self.live_steps = cfg.live_steps
+        # training batches seen; a buffer so that checkpoints carry the K schedule's position
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+
+    def training_k(self) -> int:
+        """The K budget of one training batch under ``train_k`` (DESIGN.md §2.5 holds for each)."""
+        self.batches_seen += 1
+        lo, cap = self.live_steps, self.k_max
+        if self.cfg.train_k == "max":
+            return cap
+        if self.cfg.train_k == "ramp":
+            frac = min(1.0, float(self.batches_seen) / self.cfg.k_ramp_steps)
+            cap = lo + int(frac * (self.k_max - lo))
+        # torch's RNG, so the draw is part of the seeded, checkpointed run state
+        return int(torch.randint(lo, cap + 1, ()).item())
 
     def forward(self, inputs: torch.Tensor, k_max: int | None = None, trace: bool = False) -> ModelOutput:
+        if k_max is None and self.training:
+            k_max = self.training_k()
         x = self.encoder(inputs)  # (B,T,d)
         positions = torch.arange(x.shape[1], device=x.device)  # (T,)
         contexts = [e.context(x) for e in self.experts]

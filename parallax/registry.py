@@ -64,7 +64,16 @@ class Registry:
             builtin = dist == BUILTIN_DIST
             if ep.name in blocked or (not builtin and allowed is not None and ep.name not in allowed):
                 continue
-            if ep.name in self.plugins:  # the same distribution seen twice on sys.path
+            if ep.name in self.plugins:
+                first = self.plugins[ep.name]
+                if first.dist == dist:  # the same distribution seen twice on sys.path
+                    continue
+                # Two distributions claim one plugin name: the first keeps it, the second is reported.
+                key = f"{ep.name} ({dist})"
+                self.plugins[key] = PluginInfo(
+                    key, ep.value, dist, _dist_version(ep), builtin,
+                    error=f"entry-point name '{ep.name}' is already used by {first.dist}; rename one of them",
+                )
                 continue
             info = PluginInfo(ep.name, ep.value, dist, _dist_version(ep), builtin)
             try:

@@ -6,8 +6,9 @@
     out, cum, raw = workspace_step_ref(q, k, v, cum, decay, base)
     h       = O(out)
 
-Defaults (recorded in the README): h starts at the observation x (``init_h: obs``), cum at 0,
-decay is learned per head from 0.9, base is 2.
+Defaults (recorded in the README): h starts at the observation x (``init_h: obs``); cum starts at
+1, the rest point of its update (with cum at 0 every weight starts near 0.07 and the path from the
+slots to h is too weak for a lookup to form); decay is learned per head from 0.9; base is 2.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class CWSWorkspace(parallax.Workspace):
         learn_decay: bool = Field(True, description="learn decay per head (sigmoid-parameterised)")
         base: float = Field(2.0, gt=1, description="weights = log1p(silu(cum)) / ln(base)")
         init_h: str = Field("obs", pattern="^(obs|zeros)$", description="initial h: the observation x, or zeros")
-        init_cum: float = Field(0.0, description="initial value of every cum entry")
+        init_cum: float = Field(
+            1.0, description="initial value of every cum entry; 1 is the rest point of the pull toward 1"
+        )
 
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
         super().__init__()

@@ -18,7 +18,6 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..model import build_model
-from ..recipe import load_recipe
 from ..registry import get_registry
 from ..trainer import autocast_dtype, build_data, resolve_device
 
@@ -70,7 +69,9 @@ def measure(recipe, ks: list[int]) -> list[dict]:
 
 
 def run(args, out, err) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
+    from ..cli.commands import load
+
+    recipe = load(args)
     live = getattr(recipe.model, "live_steps", 1)
     bad = [k for k in args.k if k < live]
     if bad:

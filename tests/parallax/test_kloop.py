@@ -105,3 +105,26 @@ def test_live_steps_scale_saved_memory(tiny_recipe):
     one = measure(load_recipe(str(tiny_recipe)), [4])[0]["saved_bytes"]
     two = measure(load_recipe(str(tiny_recipe), ["model.live_steps=2"]), [4])[0]["saved_bytes"]
     assert two > one * 1.1
+
+
+def test_training_k_schedules(tiny_recipe):
+    model, _ = tiny_model(tiny_recipe, "model.k_max=9", "model.train_k=ramp", "model.k_ramp_steps=8")
+    model.train()
+    ks = [model.training_k() for _ in range(40)]
+    assert all(1 <= k <= 9 for k in ks)
+    assert ks[0] == 1  # the ramp starts at live_steps
+    assert max(ks[:4]) <= 1 + int(4 / 8 * 8)  # cap after 4 batches: 5
+    assert len(set(ks[8:])) > 3  # after the ramp: spread over [1, 9]
+    assert int(model.state_dict()["batches_seen"]) == 40  # the schedule position is checkpointed
+
+    fixed, _ = tiny_model(tiny_recipe, "model.k_max=9")
+    fixed.train()
+    assert {fixed.training_k() for _ in range(5)} == {9}
+
+
+def test_evaluation_always_uses_k_max(tiny_recipe):
+    model, data = tiny_model(tiny_recipe, "model.train_k=uniform", "model.halting.type=fixed", "~model.halting.rel_tol",
+                             "~model.halting.abs_tol", "~model.halting.k_min")
+    model.eval()
+    with torch.no_grad():
+        assert model(data.batch(1)["inputs"]).k.eq(4).all()

@@ -114,3 +114,19 @@ def test_remove_undoes_add_and_frees_the_names():
     assert reg.entry("experts", "removable_expert").plugin.error is None
     with pytest.raises(PluginError, match="plugin 'nope' is not registered"):
         reg.remove("nope")
+
+
+def test_two_distributions_with_one_entry_point_name(fake_eps):
+    fake_module("first_dist_mod", ["first_expert"])
+    fake_module("second_dist_mod", ["second_expert"])
+
+    class Dist:
+        def __init__(self, name):
+            self.metadata, self.version = {"Name": name}, "1.0"
+
+    a = EntryPoint("same", "first_dist_mod", "parallax")._for(Dist("pkg-a"))
+    b = EntryPoint("same", "second_dist_mod", "parallax")._for(Dist("pkg-b"))
+    fake_eps(a, b)
+    reg = Registry().load_entry_points()
+    assert "first_expert" in reg.names("experts") and "second_expert" not in reg.names("experts")
+    assert reg.plugins["same (pkg-b)"].error == "entry-point name 'same' is already used by pkg-a; rename one of them"
