@@ -6,6 +6,12 @@ Each position runs its own number of frozen steps (until its halting rule fires,
 graph, so activation memory does not grow with K. Positions are independent (a position's
 workspace reads only its own context), so all T positions settle in parallel and a halted
 position's state is frozen while the others continue.
+
+Halted positions stop costing compute: once the active fraction falls below ``compact_below``, each
+frozen step gathers every row's active positions into a ``(B,T')`` block (T' the most active
+positions in any row) and runs the experts and the workspace on that block alone. This needs the
+h-clocked experts to accept per-row positions (``Expert.gather``); otherwise halted positions are
+masked, which freezes them but still computes them.
 """
 from __future__ import annotations
 
@@ -21,13 +27,19 @@ from .protocols import Expert, HaltingRule, Workspace, WorkspaceState
 class Settled:
     h: torch.Tensor  # (B,T,d) settled workspace state
     k: torch.Tensor  # (B,T) K steps used by each position (frozen + live)
+    work: int = 0  # position-steps actually computed (padding of gathered blocks included)
     trace: list[torch.Tensor] = field(default_factory=list)  # per step: RMS movement of raw (B,T)
 
 
-def _select(mask: torch.Tensor, new: WorkspaceState, old: WorkspaceState) -> WorkspaceState:
-    """Keep ``old`` where ``mask (B,T)`` is False: halted positions stop changing."""
-    m = mask[..., None]
-    return WorkspaceState(h=torch.where(m, new.h, old.h), cum=torch.where(m[..., None], new.cum, old.cum))
+def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B,T,...) and idx (B,T') -> x[b, idx[b, j]] as (B,T',...)."""
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+
+
+def _scatter_rows(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Write src (B,T',...) into a copy of x (B,T,...) at idx where valid (padding entries are dropped)."""
+    src = torch.where(valid.view(*valid.shape, *([1] * (src.dim() - 2))), src, _gather_rows(x, idx))
+    return x.scatter(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]), src)
 
 
 def settle(
@@ -40,10 +52,12 @@ def settle(
     k_max: int,
     live_steps: int = 1,
     trace: bool = False,
+    compact_below: float = 0.5,
 ) -> Settled:
     B, T, _ = x.shape
     token = [(e, c) for e, c in zip(experts, contexts) if e.clock == "token"]
     clocked = [(e, c) for e, c in zip(experts, contexts) if e.clock == "h"]
+    can_gather = all(getattr(e, "gather", False) for e, _ in clocked)
 
     # Token-clocked proposals do not depend on h: project their keys/values once, with grad,
     # and reuse them (detached) in every frozen step.
@@ -53,17 +67,17 @@ def settle(
         tok_k, tok_v = workspace.project_slots(slots)  # (B,T,S_tok,H,dh) each
     n_slots = sum(e.slots for e in experts)
 
-    def one_step(state: WorkspaceState, tk, tv) -> tuple[WorkspaceState, torch.Tensor]:
+    def one_step(state: WorkspaceState, tk, tv, pos, active=None) -> tuple[WorkspaceState, torch.Tensor]:
         h_eff = workspace.read(state.h)  # (B,T,d)
         ks, vs = ([tk], [tv]) if tk is not None else ([], [])
         if clocked:
-            hslots = torch.cat([e.propose(h_eff, c, positions) for e, c in clocked], dim=2)  # (B,T,S_h,d)
+            hslots = torch.cat([e.propose(h_eff, c, pos) for e, c in clocked], dim=2)  # (B,T,S_h,d)
             hk, hv = workspace.project_slots(hslots)
             ks.append(hk)
             vs.append(hv)
         k = torch.cat(ks, dim=2) if len(ks) > 1 else ks[0]  # (B,T,S,H,dh)
         v = torch.cat(vs, dim=2) if len(vs) > 1 else vs[0]
-        return workspace.step(state, h_eff, k, v)
+        return workspace.step(state, h_eff, k, v, active)
 
     state = workspace.init_state(x, n_slots)
     active = torch.ones(B, T, dtype=torch.bool, device=x.device)
@@ -71,13 +85,21 @@ def settle(
     memo: dict = {}
     prev_raw = None
     traces: list[torch.Tensor] = []
+    work = 0
     with torch.no_grad():
         state = WorkspaceState(state.h.detach(), state.cum.detach())
         tk = tok_k.detach() if tok_k is not None else None
         tv = tok_v.detach() if tok_v is not None else None
         for i in range(k_max - live_steps):
-            new, raw = one_step(state, tk, tv)
-            state = _select(active, new, state)
+            n_active = int(active.sum())
+            if can_gather and n_active < compact_below * B * T:
+                new, raw, work_i = _compact_step(one_step, state, tk, tv, positions, active)
+            else:
+                new, raw = one_step(state, tk, tv, positions, active)
+                work_i = B * T
+            work += work_i
+            m = active[..., None]
+            state = WorkspaceState(torch.where(m, new.h, state.h), torch.where(m[..., None], new.cum, state.cum))
             steps += active.long()
             if trace and prev_raw is not None:
                 traces.append(_movement(raw, prev_raw))
@@ -87,11 +109,30 @@ def settle(
             if not bool(active.any()):
                 break
     for _ in range(live_steps):
-        state, raw = one_step(state, tok_k, tok_v)
+        state, raw = one_step(state, tok_k, tok_v, positions)
+        work += B * T
         if trace and prev_raw is not None:
             traces.append(_movement(raw.detach(), prev_raw))
         prev_raw = raw.detach()
-    return Settled(h=state.h, k=steps + live_steps, trace=traces)
+    return Settled(h=state.h, k=steps + live_steps, work=work, trace=traces)
+
+
+def _compact_step(one_step, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor):
+    """One frozen step over each row's active positions only; returns full-size (B,T) results."""
+    counts = active.sum(1)  # (B,)
+    width = max(int(counts.max()), 1)
+    # stable sort puts each row's active positions first, in order; the tail is padding
+    order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B,T')
+    valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]  # (B,T')
+    sub = WorkspaceState(_gather_rows(state.h, order), _gather_rows(state.cum, order))
+    sk = _gather_rows(tk, order) if tk is not None else None
+    sv = _gather_rows(tv, order) if tv is not None else None
+    pos = positions[order]  # (B,T') absolute positions
+    new, raw = one_step(sub, sk, sv, pos, valid)
+    h = _scatter_rows(state.h, order, valid, new.h)
+    cum = _scatter_rows(state.cum, order, valid, new.cum)
+    raw_full = _scatter_rows(torch.zeros_like(state.cum), order, valid, raw)
+    return WorkspaceState(h, cum), raw_full, order.numel()
 
 
 def _movement(raw: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:

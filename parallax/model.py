@@ -49,6 +49,11 @@ class CWSModel(nn.Module):
             "Evaluation and generation always use k_max.",
         )
         k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
+        compact_below: float = Field(
+            0.5, ge=0, le=1,
+            description="once fewer than this fraction of positions are still settling, run the K steps on "
+            "the active positions alone (0 never gathers: halted positions are only masked)",
+        )
         halting: Component("halting_rules")  # type: ignore[valid-type]
         encoder: Component("encoders")  # type: ignore[valid-type]
         experts: list[Component("experts")] = Field(min_length=1)  # type: ignore[valid-type]
@@ -96,7 +101,9 @@ class CWSModel(nn.Module):
         positions = torch.arange(x.shape[1], device=x.device)  # (T,)
         contexts = [e.context(x) for e in self.experts]
         res = settle(self.workspace, self.experts, contexts, x, positions, self.halting,
-                     k_max or self.k_max, self.live_steps, trace=trace)
+                     k_max or self.k_max, self.live_steps, trace=trace, compact_below=self.cfg.compact_below)
         logits = self.decoder(res.h)
-        stats: dict[str, Any] = {"trace": res.trace} if trace else {}
+        stats: dict[str, Any] = {"work": res.work}
+        if trace:
+            stats["trace"] = res.trace
         return ModelOutput(logits=logits, k=res.k, stats=stats)

@@ -76,6 +76,9 @@ class Expert(nn.Module):
 
     Config: ClassVar[type[Spec]]
     clock: ClassVar[Clock] = "h"
+    #: an h-clocked expert sets this when ``propose`` also accepts ``positions (B,T')``: a different
+    #: set of query positions per row, which the K loop uses to skip halted positions
+    gather: ClassVar[bool] = False
     slots: int
 
     def context(self, x: torch.Tensor) -> Any:  # x (B,T,d)
@@ -119,8 +122,11 @@ class Workspace(nn.Module):
         raise NotImplementedError
 
     def step(
-        self, state: WorkspaceState, h_eff: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, state: WorkspaceState, h_eff: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        active: torch.Tensor | None = None,
     ) -> tuple[WorkspaceState, torch.Tensor]:
+        """``active (B,T)`` bool, when given, marks positions still running; the loop keeps the old
+        state of the others, so a workspace may skip their work."""
         raise NotImplementedError
 
 

@@ -68,9 +68,13 @@ class CWSWorkspace(parallax.Workspace):
         shape = (*pool.shape[:-1], self.heads, self.dh)
         return self.K(pool).view(shape), self.V(pool).view(shape)  # (B,T,S,H,dh) each
 
-    def step(self, state, h_eff, k, v):
+    def step_fn(self, q):
+        """The step implementation: the pure-PyTorch reference here; fused kernels in subclasses."""
+        return workspace_step_ref
+
+    def step(self, state, h_eff, k, v, active=None):
         q = self.Q(h_eff).unflatten(-1, (self.heads, self.dh))  # (B,T,H,dh)
-        out, cum, raw = workspace_step_ref(q, k, v, state.cum, self.decay, self.cfg.base)
+        out, cum, raw = self.step_fn(q)(q, k, v, state.cum, self.decay, self.cfg.base, active)
         h = self.O(out.flatten(-2))  # (B,T,d)
         return parallax.WorkspaceState(h=h, cum=cum), raw
 

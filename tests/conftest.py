@@ -8,8 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
+
+# Triton kernels run on the CPU through Triton's interpreter; it must be chosen before the kernels
+# are decorated, so before any test module imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest_plugins = ["parallax.testing", "pytester"]
 

@@ -136,4 +136,12 @@ def cmd_bench(args, out: Console, err: Console) -> int:
         from ..bench.memory import run
 
         return run(args, out, err)
+    if args.bench == "kernels":
+        from ..bench.kernels import run
+
+        return run(args, out, err)
+    if args.bench == "halting":
+        from ..bench.halting import run
+
+        return run(args, out, err)
     raise ConfigError(f"unknown benchmark '{args.bench}'")

@@ -89,6 +89,16 @@ def build_parser() -> Parser:
     m.add_argument("overrides", nargs="*")
     m.add_argument("--k", type=int, nargs="+", default=[8, 16, 32, 48], help="K values (default 8 16 32 48)")
     m.add_argument("--json", action="store_true")
+    kb = bsub.add_parser("kernels", help="the workspace step: fused vs reference vs torch.compile, with the bandwidth floor")
+    kb.add_argument("--repeats", type=int, default=20)
+    kb.add_argument("--json", action="store_true")
+    hb = bsub.add_parser("halting", help="wall time per token: adaptive halting vs fixed K = round(m) vs fixed k_max")
+    hb.add_argument("recipe")
+    hb.add_argument("overrides", nargs="*")
+    hb.add_argument("--checkpoint", default=None, help="a step-XXXXXXXX directory (default: newest in out_dir)")
+    hb.add_argument("--batches", type=int, default=4, help="validation batches timed per setting")
+    hb.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
+    hb.add_argument("--json", action="store_true")
     return p
 
 

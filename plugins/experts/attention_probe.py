@@ -18,6 +18,7 @@ import parallax
 
 class AttentionProbe(parallax.Expert):
     clock = "h"
+    gather = True
 
     class Config(parallax.Spec):
         model_config = {"extra": "forbid"}
@@ -60,9 +61,15 @@ class AttentionProbe(parallax.Expert):
         B, Tq, d = h_eff.shape
         q = self.q_proj(h_eff).view(B, Tq, self.slots, self.heads, self.dh)  # (B,Tq,S,Hp,dh)
         q = q.permute(0, 3, 2, 1, 4).reshape(B, self.heads * self.slots, Tq, self.dh)  # (B,Hp*S,Tq,dh)
-        cos, sin = parallax.rope_angles(positions, self.dh, self.base)
+        # positions (Tq,) for every row, or (B,Tq) when the K loop has gathered each row's active positions
+        cos, sin = parallax.rope_angles(positions.reshape(-1), self.dh, self.base)
+        cos, sin = cos.view(*positions.shape, -1), sin.view(*positions.shape, -1)  # (...,Tq,dh/2)
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (B,1,Tq,dh/2) broadcasts over heads
         q = parallax.apply_rope(q, cos, sin)
-        mask = torch.arange(k.shape[2], device=q.device)[None, :] <= positions[:, None]  # (Tq,Tk) causal
+        mask = torch.arange(k.shape[2], device=q.device) <= positions[..., None]  # (...,Tq,Tk) causal
+        if positions.dim() == 2:
+            mask = mask[:, None]  # (B,1,Tq,Tk)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B,Hp*S,Tq,dh)
         out = out.view(B, self.heads, self.slots, Tq, self.dh).permute(0, 3, 2, 1, 4).reshape(B, Tq, self.slots, d)
         return self.o_proj(out)  # (B,Tq,S,d)

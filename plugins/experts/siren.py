@@ -16,6 +16,7 @@ import parallax
 
 class Siren(parallax.Expert):
     clock = "h"
+    gather = True  # position-wise: any layout of query positions works
 
     class Config(parallax.Spec):
         model_config = {"extra": "forbid"}

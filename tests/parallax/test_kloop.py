@@ -128,3 +128,40 @@ def test_evaluation_always_uses_k_max(tiny_recipe):
     model.eval()
     with torch.no_grad():
         assert model(data.batch(1)["inputs"]).k.eq(4).all()
+
+
+def test_gathering_active_positions_changes_nothing_but_the_work(tiny_recipe):
+    model, data = tiny_model(tiny_recipe)
+    model.eval()
+    inputs = data.batch(1)["inputs"]
+    T = inputs.shape[1]
+    mask = torch.arange(T) % 4 != 0  # three quarters halt after step 2
+    x = model.encoder(inputs)
+    pos = torch.arange(T)
+    ctx = [e.context(x) for e in model.experts]
+    with torch.no_grad():
+        masked = settle(model.workspace, model.experts, ctx, x, pos, HaltAt(mask, 2), 7, 1, compact_below=0.0)
+        gathered = settle(model.workspace, model.experts, ctx, x, pos, HaltAt(mask, 2), 7, 1, compact_below=1.0)
+    assert torch.equal(masked.k, gathered.k)
+    torch.testing.assert_close(gathered.h, masked.h, rtol=1e-5, atol=1e-6)
+    B = inputs.shape[0]
+    assert masked.work == 7 * B * T
+    n_live = int((~mask).sum())  # positions still settling after step 2, the same in every row
+    assert gathered.work == 2 * B * T + 4 * B * n_live + B * T  # steps 3..6 run on those alone
+
+
+def test_experts_without_gather_fall_back_to_masking(tiny_recipe):
+    model, data = tiny_model(tiny_recipe)
+    model.eval()
+    probe = next(e for e in model.experts if e.clock == "h")
+    type(probe).gather, saved = False, type(probe).gather
+    try:
+        inputs = data.batch(1)["inputs"]
+        mask = torch.arange(inputs.shape[1]) % 4 != 0
+        x = model.encoder(inputs)
+        with torch.no_grad():
+            res = settle(model.workspace, model.experts, [e.context(x) for e in model.experts], x,
+                         torch.arange(inputs.shape[1]), HaltAt(mask, 2), 7, 1, compact_below=1.0)
+        assert res.work == 7 * inputs.numel()
+    finally:
+        type(probe).gather = saved

@@ -1,0 +1,101 @@
+"""``parallax bench halting``: does halting save wall time? Three settings of one trained model.
+
+(a) the recipe's halting rule, realised mean K = m;  (b) a fixed K = round(m);  (c) a fixed K = k_max.
+Each is timed on the same validation batches (forward, no grad), the settings interleaved so that
+load on the machine hits all three alike; the median of the repeats is reported as seconds per
+token. If halting really skips work, (a) costs about what (b) costs, and (c) costs about k_max/m
+times (a).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+from rich.table import Table
+
+from .. import checkpoint as ckpt
+from ..errors import ConfigError
+from ..model import build_model
+from ..registry import get_registry
+from ..trainer import build_data, resolve_device
+
+
+def _fixed_rule(registry):
+    cls = registry.get("halting_rules", "fixed")
+    return cls(cls.Config(type="fixed"))
+
+
+def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: int = 5) -> dict:
+    registry = get_registry()
+    device = resolve_device(recipe.train)
+    torch.manual_seed(recipe.seed)
+    data = build_data(recipe, registry)
+    model = build_model(recipe.model, data.info, registry).to(device).eval()
+    if not hasattr(model, "halting"):
+        raise ConfigError(f"model.type: bench halting needs a model with a K loop, not '{recipe.model.type}'")
+    path = checkpoint or ckpt.latest(recipe.out_dir)
+    if path is not None:
+        ckpt.load_model_state(path, model)
+    inputs = [b["inputs"].to(device) for _, b in zip(range(batches), data.val_batches())]
+    tokens = sum(x.numel() for x in inputs)
+    adaptive, fixed = model.halting, _fixed_rule(registry)
+
+    def run(rule, k: int) -> tuple[float, float, float]:
+        model.halting = rule
+        t0 = time.perf_counter()
+        ks, work = [], 0
+        with torch.no_grad():
+            for x in inputs:
+                out = model(x, k_max=k)
+                ks.append(out.k.float().mean().item())
+                work += out.stats["work"]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, sum(ks) / len(ks), work
+
+    run(adaptive, model.k_max)  # warm-up
+    _, m, _ = run(adaptive, model.k_max)
+    settings = {"a_adaptive": (adaptive, model.k_max), "b_fixed_round_m": (fixed, max(model.live_steps, round(m))),
+                "c_fixed_k_max": (fixed, model.k_max)}
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    info: dict[str, tuple[float, float]] = {}
+    for _ in range(repeats):
+        for name, (rule, k) in settings.items():
+            seconds, k_mean, work = run(rule, k)
+            times[name].append(seconds)
+            info[name] = (k_mean, work)
+    model.halting = adaptive
+    rows = []
+    for name, (rule, k) in settings.items():
+        k_mean, work = info[name]
+        rows.append({"setting": name, "k_budget": k, "k_mean": round(k_mean, 3),
+                     "position_steps_per_token": round(work / tokens, 3),
+                     "seconds_per_token": statistics.median(times[name]) / tokens})
+    a, b, c = (r["seconds_per_token"] for r in rows)
+    return {
+        "device": str(device), "checkpoint": str(path) if path else None, "tokens": tokens, "repeats": repeats,
+        "k_max": model.k_max, "m": round(m, 3), "rows": rows,
+        "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
+        "c_over_a_floor": round(model.k_max / m * 0.7, 3),
+    }
+
+
+def run(args, out, err) -> int:
+    from ..cli.commands import load
+
+    result = measure(load(args), args.checkpoint, args.batches, args.repeats)
+    if result["checkpoint"] is None:
+        err.print("note: no checkpoint in the recipe's out_dir; timing an untrained model")
+    if args.json:
+        out.out(json.dumps(result, indent=2), highlight=False)
+        return 0
+    table = Table("setting", "K budget", "mean K", "position-steps/token", "µs/token",
+                  title=f"halting on {result['device']} (m = {result['m']}, k_max = {result['k_max']})")
+    for r in result["rows"]:
+        table.add_row(r["setting"], str(r["k_budget"]), f"{r['k_mean']:.2f}", f"{r['position_steps_per_token']:.2f}",
+                      f"{r['seconds_per_token'] * 1e6:.1f}")
+    out.print(table)
+    out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} (k_max/m x 0.7 = {result['c_over_a_floor']})")
+    return 0

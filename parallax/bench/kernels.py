@@ -1,0 +1,115 @@
+"""``parallax bench kernels``: the workspace step, fused against its reference and ``torch.compile``.
+
+For each shape (the shipped recipes' workspace shapes) and each implementation, forward and
+forward+backward are timed (median of repeats). Each row also reports the achieved bandwidth:
+the bytes the step must move (its inputs read once, its outputs written once) over the time, and
+the floor: those bytes over the device's measured copy bandwidth, the time no implementation can
+beat. On a CPU the Triton kernel runs only in Triton's interpreter, which says nothing about speed,
+so it is left out there and the output says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+from rich.table import Table
+
+from parallax_kernels.workspace import workspace_step_ref
+
+# (name, B, T, H, S, dh): recall.yaml (d 64, 4 heads, 8 slots, batch 32 x 32 tokens), and a
+# text-scale workspace (d 256, 8 heads, 8 slots, batch 16 x 256 tokens)
+SHAPES = [("recall", 32, 32, 4, 8, 16), ("text", 16, 256, 8, 8, 32)]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, repeats: int) -> float:
+    fn()  # warm-up (compilation, autotuning)
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes per second of a large device-to-device copy (read + write counted)."""
+    x = torch.empty(64 * 2**20 // 4, device=device)
+    y = torch.empty_like(x)
+    seconds = _time(lambda: y.copy_(x), device, 10)
+    return 2 * x.numel() * 4 / seconds
+
+
+def step_bytes(B, T, H, S, dh, elt: int, backward: bool) -> int:
+    n = B * T
+    fwd = elt * n * H * (dh + 2 * S * dh + S) + elt * n * H * (dh + S)  # read q,k,v,cum; write out,cum
+    if not backward:
+        return fwd
+    # backward reads q,k,v,cum and the two upstream grads; writes the four input grads
+    return fwd + elt * n * H * (dh + 2 * S * dh + S + dh + S) + elt * n * H * (dh + 2 * S * dh + S)
+
+
+def measure(repeats: int = 20, dtype=torch.float32) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    impls = {"reference": workspace_step_ref, "compile(reference)": torch.compile(workspace_step_ref)}
+    notes = []
+    if device.type == "cuda":
+        from parallax_kernels.workspace.fused import workspace_step_fused
+
+        impls = {"fused": workspace_step_fused, **impls}
+    else:
+        notes.append("no CUDA device: the Triton kernel runs only in Triton's interpreter on CPU, "
+                     "which measures nothing about its speed; fused is not timed")
+    bw = copy_bandwidth(device)
+    rows = []
+    for name, B, T, H, S, dh in SHAPES:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        mk = lambda *s: torch.randn(*s, generator=g).to(device, dtype).requires_grad_()  # noqa: E731
+        q, k, v, cum = mk(B, T, H, dh), mk(B, T, S, H, dh), mk(B, T, S, H, dh), mk(B, T, H, S)
+        decay = torch.full((H,), 0.9, device=device, requires_grad=True)
+        go, gc = torch.randn_like(q), torch.randn_like(cum)
+        for impl, fn in impls.items():
+            def fwd():
+                with torch.no_grad():
+                    fn(q, k, v, cum, decay, 2.0)
+
+            def fwd_bwd():
+                out, c, _ = fn(q, k, v, cum, decay, 2.0)
+                torch.autograd.backward((out, c), (go, gc))
+
+            for mode, call in (("forward", fwd), ("forward+backward", fwd_bwd)):
+                seconds = _time(call, device, repeats)
+                nbytes = step_bytes(B, T, H, S, dh, q.element_size(), mode != "forward")
+                rows.append({"shape": name, "B": B, "T": T, "H": H, "S": S, "dh": dh, "impl": impl, "mode": mode,
+                             "seconds": seconds, "bytes": nbytes, "achieved_GBps": nbytes / seconds / 1e9,
+                             "floor_seconds": nbytes / bw, "x_floor": seconds / (nbytes / bw)})
+    base = {(r["shape"], r["mode"]): r["seconds"] for r in rows if r["impl"] == "reference"}
+    for r in rows:
+        r["speedup_vs_reference"] = base[(r["shape"], r["mode"])] / r["seconds"]
+    return {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "dtype": str(dtype).replace("torch.", ""), "copy_bandwidth_GBps": bw / 1e9, "notes": notes, "rows": rows}
+
+
+def run(args, out, err) -> int:
+    result = measure(args.repeats)
+    if args.json:
+        out.out(json.dumps(result, indent=2), highlight=False)
+        return 0
+    table = Table("shape", "impl", "mode", "µs", "GB/s", "x floor", "vs reference",
+                  title=f"workspace step on {result['device']} ({result['dtype']}; copy {result['copy_bandwidth_GBps']:.1f} GB/s)")
+    for r in result["rows"]:
+        table.add_row(r["shape"], r["impl"], r["mode"], f"{r['seconds'] * 1e6:.0f}", f"{r['achieved_GBps']:.2f}",
+                      f"{r['x_floor']:.1f}", f"{r['speedup_vs_reference']:.2f}x")
+    out.print(table)
+    for note in result["notes"]:
+        out.print(f"note: {note}")
+    return 0

@@ -1,0 +1,38 @@
+"""The ``cws_fused`` and ``auto`` workspaces: same options and state as ``cws``, same training run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import parallax
+from parallax.cli.main import main
+from parallax.registry import get_registry
+from parallax.testing import assert_workspace_conforms
+
+
+def losses(run_dir):
+    return [json.loads(ln)["loss"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+
+
+def test_fused_workspace_trains_like_the_reference(tiny_recipe, tmp_path):
+    for name in ("cws", "cws_fused"):
+        assert main(["run", str(tiny_recipe), f"out_dir={tmp_path / name}", f"model.workspace.type={name}"]) == 0
+    ref, fused = losses(tmp_path / "cws"), losses(tmp_path / "cws_fused")
+    assert len(ref) == 6
+    torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cws_fused", "auto"])
+def test_fused_workspaces_conform(name):
+    assert_workspace_conforms(name)
+
+
+def test_state_dicts_are_interchangeable():
+    reg = get_registry()
+    info = parallax.DataInfo(vocab_size=5)
+    mods = {n: reg.get("workspaces", n)(reg.get("workspaces", n).Config(type=n), 16, info) for n in ("cws", "cws_fused", "auto")}
+    keys = {n: sorted(m.state_dict()) for n, m in mods.items()}
+    assert keys["cws"] == keys["cws_fused"] == keys["auto"]
+    mods["cws_fused"].load_state_dict(mods["cws"].state_dict())
