@@ -1,1 +1,21 @@
 """Benchmarks behind ``parallax bench``: each prints a table, or JSON with ``--json``."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..model import build_model
+from ..registry import get_registry
+from ..trainer import build_data, resolve_device
+
+
+def build_k_loop_model(recipe, bench: str):
+    """(registry, device, data, model) for a benchmark that needs a model with a K loop."""
+    registry = get_registry()
+    device = resolve_device(recipe.train)
+    torch.manual_seed(recipe.seed)
+    data = build_data(recipe, registry)
+    model = build_model(recipe.model, data.info, registry).to(device)
+    if not hasattr(model, "halting"):
+        raise ConfigError(f"model.type: bench {bench} needs a model with a K loop, not '{recipe.model.type}'")
+    return registry, device, data, model

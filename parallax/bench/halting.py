@@ -16,10 +16,7 @@ import torch
 from rich.table import Table
 
 from .. import checkpoint as ckpt
-from ..errors import ConfigError
-from ..model import build_model
-from ..registry import get_registry
-from ..trainer import build_data, resolve_device
+from . import build_k_loop_model
 
 
 def _fixed_rule(registry):
@@ -28,13 +25,8 @@ def _fixed_rule(registry):
 
 
 def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: int = 5) -> dict:
-    registry = get_registry()
-    device = resolve_device(recipe.train)
-    torch.manual_seed(recipe.seed)
-    data = build_data(recipe, registry)
-    model = build_model(recipe.model, data.info, registry).to(device).eval()
-    if not hasattr(model, "halting"):
-        raise ConfigError(f"model.type: bench halting needs a model with a K loop, not '{recipe.model.type}'")
+    registry, device, data, model = build_k_loop_model(recipe, "halting")
+    model.eval()
     path = checkpoint or ckpt.latest(recipe.out_dir)
     if path is not None:
         ckpt.load_model_state(path, model)

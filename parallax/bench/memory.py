@@ -17,20 +17,13 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..model import build_model
-from ..registry import get_registry
-from ..trainer import autocast_dtype, build_data, resolve_device
+from ..trainer import autocast_dtype, resolve_device
+from . import build_k_loop_model
 
 
 def measure(recipe, ks: list[int]) -> list[dict]:
-    registry = get_registry()
-    device = resolve_device(recipe.train)
+    registry, device, data, model = build_k_loop_model(recipe, "memory")
     amp = autocast_dtype(recipe.train, device)
-    torch.manual_seed(recipe.seed)
-    data = build_data(recipe, registry)
-    model = build_model(recipe.model, data.info, registry).to(device)
-    if not hasattr(model, "k_max"):
-        raise ConfigError(f"model.type: bench memory needs a model with a K loop, not '{recipe.model.type}'")
     fixed = registry.get("halting_rules", "fixed")(registry.get("halting_rules", "fixed").Config(type="fixed"))
     model.halting = fixed
     batch = data.batch(1)
