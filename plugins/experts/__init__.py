@@ -1,8 +1,10 @@
-"""Built-in experts: the token-clocked Mamba SISO scan, and the h-clocked attention probe, MLP probe and SIREN."""
+"""Built-in experts: the token-clocked Mamba SISO scan and memory bank, and the h-clocked attention probe,
+MLP probe and SIREN."""
 import parallax
 
 from .attention_probe import AttentionProbe
 from .mamba_siso import MambaSISO
+from .memory_bank import MemoryBank
 from .mlp_probe import MLPProbe
 from .siren import Siren
 
@@ -13,3 +15,4 @@ def register_experts(register):
     register("attention_probe", AttentionProbe)
     register("mlp_probe", MLPProbe)
     register("siren", Siren)
+    register("memory_bank", MemoryBank)
