@@ -68,8 +68,8 @@ def test_index_never_exceeds_its_bound_over_100k_tokens():
     e = make(capacity=128, persist=True)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for _ in range(50):  # 50 sequences of 2000 tokens: 100k tokens through the stored index
-            e.context(torch.randn(1, 2000, D, generator=gen))
+        for _ in range(50):  # 50 batches of 4 sequences of 500 tokens: 100k tokens through the stored index
+            e.context(torch.randn(4, 500, D, generator=gen))
             assert int(e.stored) <= 128
     assert int(e.stored) == 128 and e.mem_keys.shape[0] == 128
     cache, sizes = None, []
