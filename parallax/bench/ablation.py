@@ -23,7 +23,7 @@ from ..evaluate import evaluate
 from ..model import build_model
 from ..recipe import load_recipe
 from ..registry import get_registry
-from ..trainer import build_data
+from ..trainer import build_data, resolve_device
 
 
 def load_run(run_dir: str | Path):
@@ -43,8 +43,9 @@ def load_run(run_dir: str | Path):
 
 
 def measure(run_dir: str | Path, fractions: list[float], seeds: list[int]) -> dict:
-    _, model, data, found = load_run(run_dir)
-    device = torch.device("cpu")
+    recipe, model, data, found = load_run(run_dir)
+    device = resolve_device(recipe.train)
+    model.to(device)
     base = {**evaluate(model, data, device), **collect(model)}
     targets = [(name, m) for name, m in model.named_modules() if callable(getattr(m, "ablate", None))]
     if not targets:

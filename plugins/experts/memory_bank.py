@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -34,11 +35,19 @@ class MemoryBank(parallax.Expert):
         type: str = "memory_bank"
         slots: int = Field(2, ge=1, description="read queries, one slot each")
         entries: int = Field(128, ge=2, description="learned bank entries N")
+        init: Literal["diverse", "collapsed"] = Field(
+            "diverse", description="diverse: independent random entries; collapsed: one random vector for every "
+            "entry, plus 1% noise (starts at the state seed 003 ended in, to ask whether collapse hurts)",
+        )
 
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
         super().__init__()
         self.slots, self.entries, self.d = cfg.slots, cfg.entries, d_model
-        self.bank = nn.Parameter(torch.randn(cfg.entries, d_model))  # (N,d), unit-variance rows: diverse at init
+        if cfg.init == "diverse":
+            bank = torch.randn(cfg.entries, d_model)  # (N,d) unit-variance rows, nearly orthogonal
+        else:
+            bank = torch.randn(1, d_model) + 0.01 * torch.randn(cfg.entries, d_model)  # (N,d) cosine ~ 1
+        self.bank = nn.Parameter(bank)
         self.q_proj = nn.Linear(d_model, cfg.slots * d_model, bias=False)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         # entries excluded from the read (the ablation); not saved: a checkpoint holds the whole bank

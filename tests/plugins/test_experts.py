@@ -82,6 +82,11 @@ def test_memory_bank_diagnostics_see_collapse():
     assert diag["bank_entropy"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_memory_bank_can_start_collapsed():
+    assert make("memory_bank", entries=8, init="collapsed").diagnostics()["bank_cosine"] > 0.99
+    assert "bank_entropy" not in make("memory_bank").diagnostics()  # no read yet
+
+
 def test_memory_bank_ablation_drops_entries_and_restores_them():
     e = make("memory_bank", entries=10)
     x = torch.randn(B, T, D)
