@@ -217,7 +217,7 @@ def _check_optimizer(cfg: OptimizerConfig, path: list) -> None:
         _check_optimizer(side_cfg, path + ["adamw"])
     for key in extra:
         if key not in params or key in ("params", "self"):
-            allowed = [p for p in params if p not in ("params", "self")]
+            allowed = [p for p in params if p not in ("params", "self")] + (["adamw"] if names[cfg.type.lower()] == "Muon" else [])
             hint = difflib.get_close_matches(key, allowed, n=1)
             dym = f"; did you mean '{hint[0]}'?" if hint else ""
             raise ConfigError(f"{_dotted(path + [key])}: not an option of torch.optim.{names[cfg.type.lower()]}{dym} (allowed: {', '.join(allowed)})")

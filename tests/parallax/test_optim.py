@@ -71,3 +71,17 @@ def test_muon_options_are_validated_on_both_sides(make_tiny_recipe):
         load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.adamw={betaz: 1}"])
     with pytest.raises(ConfigError, match=r"train\.optimizer\.adamw\.lr"):
         load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.adamw={lr: -1}"])
+
+
+def test_the_muon_recipe_puts_exactly_the_hidden_weights_under_muon():
+    model, recipe = model_and_recipe("recall_covariance_muon")
+    opt = build_optimizer(model, recipe.train)
+    muon = {id(p) for g in opt.param_groups if g["optimizer"] == "muon" for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in muon}
+    assert names == {
+        f"{n}.weight" for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m.weight is not model.encoder.embed.weight and n != "decoder.head"
+    }
+    assert "experts.1.r_proj.weight" in names and "experts.1.q_proj.weight" in names  # the covariance probe's
+    assert all(p.ndim == 2 for n, p in model.named_parameters() if n in names)
+    assert len(names) == len(opt.muon.param_groups[0]["params"])
