@@ -15,6 +15,7 @@ masked, which freezes them but still computes them.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -58,6 +59,8 @@ def settle(
     token = [(e, c) for e, c in zip(experts, contexts) if e.clock == "token"]
     clocked = [(e, c) for e, c in zip(experts, contexts) if e.clock == "h"]
     can_gather = all(getattr(e, "gather", False) for e, _ in clocked)
+    # ``active`` is optional in the Workspace protocol; the loop masks halted positions either way
+    takes_active = "active" in inspect.signature(workspace.step).parameters
 
     # Token-clocked proposals do not depend on h: project their keys/values once, with grad,
     # and reuse them (detached) in every frozen step.
@@ -77,7 +80,9 @@ def settle(
             vs.append(hv)
         k = torch.cat(ks, dim=2) if len(ks) > 1 else ks[0]  # (B,T,S,H,dh)
         v = torch.cat(vs, dim=2) if len(vs) > 1 else vs[0]
-        return workspace.step(state, h_eff, k, v, active)
+        if active is not None and takes_active:
+            return workspace.step(state, h_eff, k, v, active)
+        return workspace.step(state, h_eff, k, v)
 
     state = workspace.init_state(x, n_slots)
     active = torch.ones(B, T, dtype=torch.bool, device=x.device)

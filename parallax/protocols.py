@@ -72,6 +72,10 @@ class Expert(nn.Module):
       ``positions (T,)`` (absolute indices into the sequence). Token-clocked experts ignore ``h_eff``.
 
     A position's proposals may depend only on observations at positions <= its own (causality).
+
+    Optional, for any module of a model (``parallax/diagnostics.py``, ``parallax bench ablation``):
+    ``diagnostics() -> dict[str, float]``, logged to metrics.jsonl at every log step and evaluation;
+    ``ablate(fraction, seed)``, a context manager that leaves out a fraction of what the module stores.
     """
 
     Config: ClassVar[type[Spec]]

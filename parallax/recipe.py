@@ -205,9 +205,19 @@ def _check_optimizer(cfg: OptimizerConfig, path: list) -> None:
         dym = f"; did you mean '{hint[0]}'?" if hint else ""
         raise ConfigError(f"{_dotted(path + ['type'])}: unknown optimizer '{cfg.type}'{dym} (allowed: {', '.join(sorted(names))})")
     params = inspect.signature(getattr(torch.optim, names[cfg.type.lower()])).parameters
-    for key in (cfg.model_extra or {}):
+    extra = dict(cfg.model_extra or {})
+    if names[cfg.type.lower()] == "Muon" and "adamw" in extra:  # options of the AdamW half (parallax/optim.py)
+        side = extra.pop("adamw")
+        if not isinstance(side, dict):
+            raise ConfigError(f"{_dotted(path + ['adamw'])}: must be a mapping of torch.optim.AdamW options (got {side!r})")
+        try:
+            side_cfg = OptimizerConfig.model_validate({**side, "type": "adamw"})
+        except ValidationError as e:
+            raise ConfigError(_format(e, OptimizerConfig, path + ["adamw"])) from None
+        _check_optimizer(side_cfg, path + ["adamw"])
+    for key in extra:
         if key not in params or key in ("params", "self"):
-            allowed = [p for p in params if p not in ("params", "self")]
+            allowed = [p for p in params if p not in ("params", "self")] + (["adamw"] if names[cfg.type.lower()] == "Muon" else [])
             hint = difflib.get_close_matches(key, allowed, n=1)
             dym = f"; did you mean '{hint[0]}'?" if hint else ""
             raise ConfigError(f"{_dotted(path + [key])}: not an option of torch.optim.{names[cfg.type.lower()]}{dym} (allowed: {', '.join(allowed)})")

@@ -23,8 +23,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import checkpoint as ckpt
 from .errors import ConfigError, TrainingError
+from .diagnostics import collect as collect_diagnostics
 from .evaluate import evaluate
 from .model import build_model
+from .optim import MuonAdamW
 from .recipe import dump_recipe
 from .registry import Registry, get_registry
 from .schema import Recipe, TrainConfig
@@ -37,9 +39,14 @@ def build_data(recipe: Recipe, registry: Registry):
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Any torch.optim optimizer by name. Weight decay applies to matrices only (not norms, biases)."""
+    """Any torch.optim optimizer by name. Weight decay applies to matrices only (not norms, biases).
+    ``muon`` is Muon on the hidden matrices with AdamW on the rest."""
     opt = cfg.optimizer
     name = {n.lower(): n for n in dir(torch.optim)}[opt.type.lower()]
+    if name == "Muon":  # Muon takes 2-D hidden matrices only; AdamW gets the rest (parallax/optim.py)
+        extra = dict(opt.model_extra or {})
+        adamw = extra.pop("adamw", None) or {}
+        return MuonAdamW(model, opt.lr, opt.weight_decay, extra, adamw)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     other = [p for p in params if p.ndim < 2]
@@ -254,6 +261,7 @@ class Trainer:
                             "tokens_per_s": tokens_per_step * window_n / max(elapsed, 1e-9),
                             "k_mean": window_k / window_n if k_mean is not None else None,
                             "lr": self.scheduler.get_last_lr()[0],
+                            **collect_diagnostics(self.model),
                         }
                         self._log(rec)
                         progress.update(task, completed=self.step, info=_fmt(rec))
@@ -287,7 +295,7 @@ class Trainer:
 
     def _eval(self) -> dict:
         result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
-        result = {"step": self.step, **result}
+        result = {"step": self.step, **result, **collect_diagnostics(self.model)}
         self._log(result)
         if self.is_main:
             self.console.print("eval " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))

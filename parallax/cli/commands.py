@@ -144,4 +144,8 @@ def cmd_bench(args, out: Console, err: Console) -> int:
         from ..bench.halting import run
 
         return run(args, out, err)
+    if args.bench == "ablation":
+        from ..bench.ablation import run
+
+        return run(args, out, err)
     raise ConfigError(f"unknown benchmark '{args.bench}'")

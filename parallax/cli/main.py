@@ -99,6 +99,12 @@ def build_parser() -> Parser:
     hb.add_argument("--batches", type=int, default=4, help="validation batches timed per setting")
     hb.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
     hb.add_argument("--json", action="store_true")
+    a = bsub.add_parser("ablation", help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")
+    a.add_argument("run_dir", help="a run's out_dir; its newest checkpoint is evaluated")
+    a.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.9],
+                   help="fractions of entries to leave out (default 0.25 0.5 0.9)")
+    a.add_argument("--seeds", type=int, nargs="+", default=[0], help="which random subsets (default 0)")
+    a.add_argument("--json", action="store_true")
     return p
 
 

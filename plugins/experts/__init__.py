@@ -1,9 +1,12 @@
-"""Built-in experts: the token-clocked Mamba SISO scan, and the h-clocked attention probe, MLP probe and SIREN."""
+"""Built-in experts: the token-clocked Mamba SISO scan, memory bank and retrieval, and the h-clocked
+attention probe, MLP probe and SIREN."""
 import parallax
 
 from .attention_probe import AttentionProbe
 from .mamba_siso import MambaSISO
+from .memory_bank import MemoryBank
 from .mlp_probe import MLPProbe
+from .retrieval import Retrieval
 from .siren import Siren
 
 
@@ -13,3 +16,5 @@ def register_experts(register):
     register("attention_probe", AttentionProbe)
     register("mlp_probe", MLPProbe)
     register("siren", Siren)
+    register("memory_bank", MemoryBank)
+    register("retrieval", Retrieval)

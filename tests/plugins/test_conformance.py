@@ -22,7 +22,10 @@ CHECK = {
 #: (kind, name) -> options beside the defaults
 VARIANTS = {
     ("experts", "mamba_siso"): [{"slots": 1, "d_state": 3}],
-    ("experts", "attention_probe"): [{"slots": 3, "heads": 2}],
+    ("experts", "attention_probe"): [{"slots": 3, "heads": 2}, {"variant": "covariance", "block": 4}],
+    ("experts", "memory_bank"): [{"slots": 1, "entries": 5, "init": "collapsed"}],
+    # capacity 3 < seq 9 exercises eviction; one bit per table makes matches certain
+    ("experts", "retrieval"): [{"slots": 3, "capacity": 3, "bits": 1, "tables": 1}],
     ("experts", "siren"): [{"layers": 3, "omega_0": 5.0}],
     ("encoders", "token"): [{"window": 1}, {"window": 4}],
     ("decoders", "motor"): [{"context": 5, "layers": 3, "heads": 2}, {"tie": False}],

@@ -44,3 +44,60 @@ def test_mamba_ssm_fast_path_matches_pure_scan():
     a, b, C = e._coeffs(x)
     ref = e._readout(affine_scan(a, b), C, x)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_covariance_probe_with_a_learned_probe_is_causal_and_incremental():
+    """W_r starts at zero (softmax attention); with W_r != 0 the correction is live and still causal."""
+    e = make("attention_probe", variant="covariance", block=3)
+    soft = make("attention_probe")
+    soft.load_state_dict({k: v for k, v in e.state_dict().items() if not k.startswith("r_proj")})
+    x, h, pos = torch.randn(B, T, D), torch.randn(B, T, D), torch.arange(T)
+    with torch.no_grad():
+        torch.testing.assert_close(e.propose(h, e.context(x), pos), soft.propose(h, soft.context(x), pos))
+        e.r_proj.weight.normal_()
+        full = e.propose(h, e.context(x), pos)  # (B,T,S,d)
+        assert (full - soft.propose(h, soft.context(x), pos)).abs().max() > 1e-2
+        cache, steps = None, []
+        for t in range(T):
+            ctx, cache = e.context_step(x[:, t : t + 1], cache)
+            steps.append(e.propose(h[:, t : t + 1], ctx, pos[t : t + 1]))
+        torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+        x2 = x.clone()
+        x2[:, 5:] += 1.0
+        torch.testing.assert_close(e.propose(h, e.context(x2), pos)[:, :5], full[:, :5])
+
+
+def test_memory_bank_diagnostics_see_collapse():
+    e = make("memory_bank", entries=8)
+    e.context(torch.randn(B, T, D))
+    diag = e.diagnostics()
+    assert abs(diag["bank_cosine"]) < 0.3  # random entries in 16 dims are nearly orthogonal
+    assert 0 < diag["bank_entropy"] <= 1
+    with torch.no_grad():
+        e.bank.copy_(torch.randn(1, D).expand(8, D) + 0.01 * torch.randn(8, D))  # collapsed
+        e.q_proj.weight.zero_()  # a query that prefers no entry: uniform attention
+    e.context(torch.randn(B, T, D))
+    diag = e.diagnostics()
+    assert diag["bank_cosine"] > 0.99
+    assert diag["bank_entropy"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_memory_bank_can_start_collapsed():
+    assert make("memory_bank", entries=8, init="collapsed").diagnostics()["bank_cosine"] > 0.99
+    assert "bank_entropy" not in make("memory_bank").diagnostics()  # no read yet
+
+
+def test_memory_bank_ablation_drops_entries_and_restores_them():
+    e = make("memory_bank", entries=10)
+    x = torch.randn(B, T, D)
+    with torch.no_grad():
+        full = e.context(x)
+        with e.ablate(0.5, seed=3) as dropped:
+            assert dropped == 5 and int(e.keep.sum()) == 5
+            part = e.context(x)
+            a = e._attention(x)
+            assert bool((a[..., ~e.keep] == 0).all())  # dropped entries get no attention
+        assert bool(e.keep.all())
+        torch.testing.assert_close(e.context(x), full)
+    assert (part - full).abs().max() > 1e-4
+    assert "keep" not in e.state_dict()  # an ablation is never saved with a checkpoint
