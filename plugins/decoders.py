@@ -16,6 +16,8 @@ from torch import nn
 
 import parallax
 
+from .classifier import ClassifierDecoder
+
 
 def layer_windows(context: int, layers: int) -> list[int]:
     """Per-layer window sizes w_l with sum(w_l - 1) + 1 == context (the receptive field)."""
@@ -100,3 +102,4 @@ class MotorDecoder(parallax.MotorDecoder):
 @parallax.hookimpl
 def register_decoders(register):
     register("motor", MotorDecoder)
+    register("classifier", ClassifierDecoder)

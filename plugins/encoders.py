@@ -12,6 +12,8 @@ from torch import nn
 
 import parallax
 
+from .image_encoder import ImageEncoder
+
 
 class TokenEncoder(parallax.Encoder):
     class Config(parallax.Spec):
@@ -58,3 +60,4 @@ class TokenEncoder(parallax.Encoder):
 @parallax.hookimpl
 def register_encoders(register):
     register("token", TokenEncoder)
+    register("image", ImageEncoder)
