@@ -27,6 +27,7 @@ class ImageData(parallax.DataSource):
         tx, ty, vx, vy = self._load()  # (N,C,H,W) float in [0,1], (N,) int
         mean, std = tx.mean(), tx.std().clamp_min(1e-6)
         self.train_x, self.train_y = (tx - mean) / std, ty
+        self.background = (0.0 - mean) / std  # a blank pixel, after normalisation
         self.val_x, self.val_y = (vx - mean) / std, vy
         self.num_classes = int(max(ty.max(), vy.max())) + 1
 
@@ -40,7 +41,15 @@ class ImageData(parallax.DataSource):
     def batch(self, step: int, rank: int = 0) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(hash((self.seed, step, rank)) & 0x7FFFFFFF)
         idx = torch.randint(0, len(self.train_y), (self.batch_size,), generator=gen)  # (B,)
-        return {"inputs": self.train_x[idx], "targets": self.train_y[idx]}
+        x = self.train_x[idx]  # (B,C,H,W)
+        s = self.cfg.shift
+        if s:
+            # translate each image by up to s pixels, filling with the background (pixel value 0)
+            B, C, H, W = x.shape
+            pad = torch.nn.functional.pad(x, (s, s, s, s), value=float(self.background))  # (B,C,H+2s,W+2s)
+            dy, dx = torch.randint(0, 2 * s + 1, (2, B), generator=gen)
+            x = torch.stack([pad[b, :, dy[b] : dy[b] + H, dx[b] : dx[b] + W] for b in range(B)])  # (B,C,H,W)
+        return {"inputs": x, "targets": self.train_y[idx]}
 
     def val_batches(self, batch_size: int | None = None):
         bs = batch_size or self.batch_size
@@ -56,6 +65,7 @@ class DigitsData(ImageData):
         type: str = "digits"
         test_fraction: float = Field(0.2, gt=0, lt=1, description="share of the images held out as the test set")
         split_seed: int = Field(0, description="fixes the train/test split independently of the run's seed")
+        shift: int = Field(0, ge=0, description="augmentation: translate training images by up to this many pixels")
 
     def _load(self):
         try:
@@ -84,6 +94,7 @@ class HubImageData(ImageData):
         label_field: str = "label"
         max_train: int = Field(20000, ge=1, description="training images read (streamed)")
         max_test: int = Field(2000, ge=1, description="test images read (streamed)")
+        shift: int = Field(0, ge=0, description="augmentation: translate training images by up to this many pixels")
 
     def _read(self, split: str, limit: int):
         c = self.cfg

@@ -55,6 +55,7 @@ class TinyStoriesData(parallax.DataSource):
         self._stories: tuple[list[str], list[str]] | None = None
         self._ids: dict[str, np.ndarray] | None = None
         self.cache_hit: bool | None = None  # whether the token ids came from the cache
+        self._restored = False  # the tokenizer came from a checkpoint: the data is read only when batches are
 
     # -- identity and loading -----------------------------------------------------------------
     def _data_key(self) -> list:
@@ -123,6 +124,8 @@ class TinyStoriesData(parallax.DataSource):
 
     @property
     def info(self) -> parallax.DataInfo:
+        if not self._restored:
+            self.ids()  # a fresh run reads (or finds cached) its data now, so a bad file fails before training starts
         return parallax.DataInfo(vocab_size=self.tokenizer.vocab_size)
 
     def files(self) -> dict[str, bytes]:
@@ -133,6 +136,7 @@ class TinyStoriesData(parallax.DataSource):
         if not f.is_file():
             raise parallax.CheckpointError(f"{path}: no {TOKENIZER_FILE}; this checkpoint was not written by a text run")
         self._tokenizer = tokenizer_from_json(f.read_text(encoding="utf-8"), str(f))
+        self._restored = True
 
     def batch(self, step: int, rank: int = 0) -> dict[str, torch.Tensor]:
         train = self.ids()["train"]
