@@ -1,4 +1,5 @@
 """The ``motor`` decoder: a small causal transformer over at most the last ``context`` settled states.
+This module also registers the ``classifier`` decoder (``classifier.py``).
 
 Seed 001 Fig 01: "Decoder · 2 layers · ctx <= 16 · tied LM head". Each layer attends over a sliding
 window, and the windows are split so that their spans add up to exactly ``context``: with 2 layers
