@@ -31,8 +31,8 @@ def test_encoder_shapes_and_patch_check():
         ImageEncoder(ImageEncoder.Config(patch=3), 16, info)
 
 
-def test_patch_mismatch_is_one_line_from_the_cli(capsys):
-    assert main(["run", "recipes/digits.yaml", "model.encoder.patch=3"]) == 2
+def test_patch_mismatch_is_one_line_from_the_cli(capsys, tmp_path):
+    assert main(["run", "recipes/digits.yaml", "model.encoder.patch=3", f"out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("parallax: error: model.encoder.patch:")
 
