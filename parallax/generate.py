@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 
 from .errors import ConfigError
@@ -95,12 +93,11 @@ def generate(
     seed: int = 0,
     stop_id: int | None = None,
     cached: bool = True,
-    on_token: Callable[[int, int], None] | None = None,
 ) -> Generation:
     """Continue ``prompt`` by up to ``max_new_tokens`` ids (stopping after ``stop_id``).
 
     ``cached=False`` recomputes the whole prefix for every token instead (the reference, and the
-    baseline of ``parallax bench generate``). ``on_token(id, k)`` is called as each id is chosen.
+    baseline of ``parallax bench generate``).
     """
     if not prompt:
         raise ConfigError("--prompt: the prompt is empty; give at least one character")
@@ -124,8 +121,6 @@ def generate(
         nxt = sample(logits, temperature, top_k, gen)  # (1,1)
         out.append(int(nxt))
         ks.append(int(k[0]))
-        if on_token:
-            on_token(out[-1], ks[-1])
         if stop_id is not None and out[-1] == stop_id:
             break
         ids = torch.cat([ids, nxt], dim=1)
