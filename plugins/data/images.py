@@ -74,8 +74,9 @@ class DigitsData(ImageData):
         except ImportError:
             raise parallax.ConfigError("data.type: 'digits' needs scikit-learn; pip install 'parallax-cws[vision]'") from None
         d = load_digits()
-        x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]  # (N,1,8,8) in [0,1]
-        y = torch.tensor(d.target, dtype=torch.long)  # (N,)
+        # the data lives on the CPU even when built inside a device context (validate uses "meta")
+        x = torch.tensor(d.images / 16.0, dtype=torch.float32, device="cpu")[:, None]  # (N,1,8,8) in [0,1]
+        y = torch.tensor(d.target, dtype=torch.long, device="cpu")  # (N,)
         tr, te = train_test_split(np.arange(len(y)), test_size=self.cfg.test_fraction,
                                   random_state=self.cfg.split_seed, stratify=d.target)
         return x[tr], y[tr], x[te], y[te]
@@ -118,7 +119,7 @@ class HubImageData(ImageData):
         x = torch.from_numpy(np.stack(xs))
         x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N,C,H,W) from (N,H,W) or (N,H,W,C)
         scale = 255.0 if float(x.max()) > 1.0 else 1.0
-        return x / scale, torch.tensor(ys, dtype=torch.long)
+        return x / scale, torch.tensor(ys, dtype=torch.long, device="cpu")
 
     def _load(self):
         tx, ty = self._read(self.cfg.train_split, self.cfg.max_train)

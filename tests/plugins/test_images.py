@@ -37,6 +37,11 @@ def test_patch_mismatch_is_one_line_from_the_cli(capsys, tmp_path):
     assert len(err.splitlines()) == 1 and err.startswith("parallax: error: model.encoder.patch:")
 
 
+def test_validate_builds_the_digits_recipe(capsys):
+    assert main(["validate", "recipes/digits.yaml"]) == 0
+    assert "valid (cws model, digits data)" in capsys.readouterr().out
+
+
 def test_classifier_pools():
     info = parallax.DataInfo(num_classes=5)
     h = torch.randn(2, 6, 16)
