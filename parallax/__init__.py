@@ -20,6 +20,7 @@ from .protocols import (  # noqa: E402
     HaltingRule,
     ModelOutput,
     MotorDecoder,
+    Tokenizer,
     Workspace,
     WorkspaceState,
 )
@@ -27,7 +28,7 @@ from .schema import Component, Spec  # noqa: E402
 
 __all__ = [
     "hookimpl", "Spec", "Component", "DataInfo", "ModelOutput", "Encoder", "Expert", "Workspace",
-    "WorkspaceState", "MotorDecoder", "HaltingRule", "DataSource", "CWSModel", "build_model",
+    "WorkspaceState", "MotorDecoder", "HaltingRule", "DataSource", "Tokenizer", "CWSModel", "build_model",
     "build_component", "RMSNorm", "apply_rope", "rope_angles", "ParallaxError", "ConfigError",
     "PluginError", "CheckpointError", "TrainingError",
 ]

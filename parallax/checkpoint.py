@@ -1,4 +1,5 @@
-"""Checkpoints: ``out_dir/step-XXXXXXXX/{model.safetensors, config.yaml, trainer_state.pt}``.
+"""Checkpoints: ``out_dir/step-XXXXXXXX/{model.safetensors, config.yaml, trainer_state.pt}``, plus the
+data source's files (a text run's ``tokenizer.json``).
 
 A checkpoint is written into a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written ``step-*`` behind. The safetensors metadata records the registry names the
@@ -69,7 +70,9 @@ def save(
     config_yaml: str,
     metadata: dict[str, str],
     keep_last_n: int | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
+    """Write a checkpoint; ``files`` are the data source's own (a tokenizer), copied in beside the weights."""
     final = step_dir(out_dir, step)
     tmp = Path(out_dir) / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -77,6 +80,8 @@ def save(
     save_file(state_tensors(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT, **metadata})
     (tmp / "config.yaml").write_text(config_yaml)
     torch.save(trainer_state, tmp / "trainer_state.pt")
+    for name, content in (files or {}).items():
+        (tmp / name).write_bytes(content)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

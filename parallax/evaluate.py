@@ -1,19 +1,54 @@
-"""Validation: loss, accuracy where the task has one, and mean K overall and per token kind."""
+"""Validation: loss, perplexity or accuracy, mean K overall and per token kind, and (``detailed``)
+the histogram of K and mean K per surprisal quantile.
+
+The surprisal diagnostic asks whether K allocation follows difficulty: every scored target's
+surprisal -log p(target) is paired with the K its position used (for a classifier, whose logits
+are per example, the mean K over the example's positions), the targets are split into five
+equal-count quantiles of surprisal, and each quantile reports its mean K. A flat profile means K
+does not follow surprisal.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from .protocols import DataSource
 
+QUANTILES = 5
+
+
+def _per_target(logits: torch.Tensor, targets: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Surprisal (N,) and K (N,) of each scored target (targets != -100)."""
+    mask = targets != -100
+    surprisal = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100, reduction="none")
+    surprisal = surprisal.view(targets.shape)[mask]  # (N,)
+    per = k.float() if k.shape == targets.shape else k.float().flatten(1).mean(1)  # (B,T) or (B,) per example
+    return surprisal, per[mask]
+
+
+def surprisal_quantiles(surprisal: torch.Tensor, k: torch.Tensor, n: int = QUANTILES) -> list[dict]:
+    """Mean K in each of ``n`` equal-count surprisal quantiles, lowest surprisal first."""
+    order = surprisal.argsort()
+    rows = []
+    for i, idx in enumerate(order.tensor_split(n)):
+        if idx.numel() == 0:
+            continue
+        s = surprisal[idx]
+        rows.append({"quantile": i + 1, "n": idx.numel(), "surprisal_mean": s.mean().item(),
+                     "surprisal_min": s.min().item(), "surprisal_max": s.max().item(), "k_mean": k[idx].mean().item()})
+    return rows
+
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, autocast=None) -> dict:
+def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, autocast=None, detailed: bool = False) -> dict:
     was_training = model.training
     model.eval()
     loss_sum = correct = count = 0.0
     k_sum: dict[str, float] = {}
     k_cnt: dict[str, float] = {}
+    surprisals, target_ks, all_ks = [], [], []
     for batch in data.val_batches():
         inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
@@ -33,11 +68,23 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
             for name, m in groups.items():
                 k_sum[name] = k_sum.get(name, 0.0) + out.k[m].float().sum().item()
                 k_cnt[name] = k_cnt.get(name, 0.0) + m.sum().item()
+            if detailed:
+                s, k = _per_target(logits, targets, out.k)
+                surprisals.append(s.cpu())
+                target_ks.append(k.cpu())
+                all_ks.append(out.k.flatten().cpu())
     model.train(was_training)
     result = {"val_loss": loss_sum / max(count, 1)}
     if data.has_accuracy:
         result["val_accuracy"] = correct / max(count, 1)
+    else:
+        result["val_perplexity"] = math.exp(min(result["val_loss"], 700.0))
     for name in k_sum:
         key = "val_k_mean" if name == "all" else f"val_k_mean_{name}"
         result[key] = k_sum[name] / max(k_cnt[name], 1)
+    if detailed and all_ks:
+        ks = torch.cat(all_ks)
+        values, counts = ks.unique(return_counts=True)
+        result["k_histogram"] = {int(v): int(c) for v, c in zip(values, counts)}
+        result["k_by_surprisal_quantile"] = surprisal_quantiles(torch.cat(surprisals), torch.cat(target_ks))
     return result

@@ -170,6 +170,20 @@ class HaltingRule:
         raise NotImplementedError
 
 
+class Tokenizer:
+    """Text <-> token ids, for data sources of text. ``vocab_size`` ids in [0, vocab_size);
+    ``eos_id`` separates documents. ``decode(encode(s)) == s`` for every string ``s``."""
+
+    vocab_size: int
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+
 class DataSource:
     """Yields training batches and a fixed validation set.
 
@@ -177,12 +191,18 @@ class DataSource:
     an integer tensor shaped like ``targets`` that classes tokens for K reporting (names in
     ``kind_names``). ``batch(step, rank)`` must be a pure function of (seed, step, rank) so that
     resumed runs see the same data. ``vocab_size`` is the token vocabulary, where there is one.
+
+    A source of text exposes its ``tokenizer``. What the run must keep beside its weights (a
+    tokenizer trained on the data) is returned by ``files()``; the trainer writes these into
+    ``out_dir`` and into every checkpoint, and calls ``restore(path)`` with a checkpoint before
+    ``info`` is read, when a run is resumed, evaluated or generated from.
     """
 
     Config: ClassVar[type[Spec]]
     vocab_size: int | None = None
     has_accuracy: bool = False
     kind_names: dict[int, str] = {}
+    tokenizer: Tokenizer | None = None
 
     def __init__(self, cfg: Spec, seed: int, batch_size: int):
         self.cfg = cfg
@@ -192,6 +212,13 @@ class DataSource:
     @property
     def info(self) -> DataInfo:
         return DataInfo(vocab_size=self.vocab_size)
+
+    def files(self) -> dict[str, bytes]:
+        """File name -> content, saved with the run and with every checkpoint."""
+        return {}
+
+    def restore(self, path) -> None:
+        """Reload what ``files()`` saved, from the checkpoint directory ``path``."""
 
     def batch(self, step: int, rank: int = 0) -> dict[str, torch.Tensor]:
         raise NotImplementedError

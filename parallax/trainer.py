@@ -133,9 +133,11 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp = autocast_dtype(cfg, self.device)
         _seed_all(self.recipe.seed)  # identical initial weights on every rank
-        self.data = build_data(self.recipe, self.registry)
-        self.model = build_model(self.recipe.model, self.data.info, self.registry).to(self.device)
         self.resume_from = resolve_resume(cfg, self.out_dir)
+        self.data = build_data(self.recipe, self.registry)
+        if self.resume_from is not None:
+            self.data.restore(self.resume_from)  # the tokenizer the weights were trained with
+        self.model = build_model(self.recipe.model, self.data.info, self.registry).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
@@ -184,7 +186,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
         }
-        return ckpt.save(self.out_dir, self.step, self.model, state, self.config_yaml, self.metadata, self.cfg.keep_last_n)
+        return ckpt.save(self.out_dir, self.step, self.model, state, self.config_yaml, self.metadata,
+                         self.cfg.keep_last_n, self.data.files())
 
     # -- metrics --------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
@@ -231,6 +234,8 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(self.config_yaml)
+            for name, content in self.data.files().items():
+                (self.out_dir / name).write_bytes(content)
             self._trim_metrics()
             self.console.print(self._header())
         start_time = time.time()

@@ -1,4 +1,5 @@
 """The ``motor`` decoder: a small causal transformer over at most the last ``context`` settled states.
+This module also registers the ``classifier`` decoder (``classifier.py``).
 
 Seed 001 Fig 01: "Decoder · 2 layers · ctx <= 16 · tied LM head". Each layer attends over a sliding
 window, and the windows are split so that their spans add up to exactly ``context``: with 2 layers
@@ -15,6 +16,8 @@ from pydantic import Field
 from torch import nn
 
 import parallax
+
+from .classifier import ClassifierDecoder
 
 
 def layer_windows(context: int, layers: int) -> list[int]:
@@ -100,3 +103,4 @@ class MotorDecoder(parallax.MotorDecoder):
 @parallax.hookimpl
 def register_decoders(register):
     register("motor", MotorDecoder)
+    register("classifier", ClassifierDecoder)

@@ -1,4 +1,5 @@
 """The ``token`` encoder: embedding + a short causal window of recent inputs (DESIGN.md §2.1).
+This module also registers the ``image`` encoder (``image_encoder.py``).
 
 x_t = RMSNorm(e_t + sum_{j=1..w-1} W_j e_{t-j}). The window (seed 001's x_t, x_{t-1}, x_{t-2})
 lets a probe find "the token after the key" in a single read. No position is added here.
@@ -11,6 +12,8 @@ from pydantic import Field
 from torch import nn
 
 import parallax
+
+from .image_encoder import ImageEncoder
 
 
 class TokenEncoder(parallax.Encoder):
@@ -58,3 +61,4 @@ class TokenEncoder(parallax.Encoder):
 @parallax.hookimpl
 def register_encoders(register):
     register("token", TokenEncoder)
+    register("image", ImageEncoder)

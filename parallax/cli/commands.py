@@ -131,6 +131,84 @@ def cmd_new_plugin(args, out: Console, err: Console) -> int:
     return 0
 
 
+def cmd_eval(args, out: Console, err: Console) -> int:
+    import torch
+
+    from ..evaluate import evaluate
+    from ..runs import open_run
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append("data.files=" + json.dumps(args.data))
+    run = open_run(args.run_dir, overrides)  # a data source without files rejects data.files in one line
+    result = {"run": str(args.run_dir), "checkpoint": str(run.checkpoint),
+              **evaluate(run.model, run.data, torch.device("cpu"), detailed=True)}
+    if args.json:
+        out.out(json.dumps(result), highlight=False)
+        return 0
+    metric = (f"accuracy {result['val_accuracy']:.4f}" if "val_accuracy" in result
+              else f"perplexity {result['val_perplexity']:.3f}")
+    out.print(f"{run.checkpoint}: val_loss {result['val_loss']:.4f}  {metric}  mean K {result.get('val_k_mean', float('nan')):.2f}")
+    hist = result.get("k_histogram", {})
+    if hist:
+        total = sum(hist.values())
+        table = Table("K", "positions", "share", title="K histogram")
+        for k, n in hist.items():
+            table.add_row(str(k), str(n), f"{n / total:6.1%} " + "#" * round(40 * n / total))
+        out.print(table)
+        table = Table("quantile", "surprisal (nats)", "targets", "mean K", title="mean K per surprisal quantile (1 = least surprising)")
+        for r in result["k_by_surprisal_quantile"]:
+            table.add_row(str(r["quantile"]), f"{r['surprisal_min']:.2f} - {r['surprisal_max']:.2f} (mean {r['surprisal_mean']:.2f})",
+                          str(r["n"]), f"{r['k_mean']:.2f}")
+        out.print(table)
+    return 0
+
+
+def _text_run(args):
+    import torch
+
+    from ..runs import open_run
+
+    if args.threads < 1:
+        raise ConfigError("--threads: must be at least 1")
+    torch.set_num_threads(args.threads)
+    run = open_run(args.run_dir)
+    tok = run.data.tokenizer
+    if tok is None:
+        raise ConfigError(f"{args.run_dir}: its '{run.recipe.data.type}' data source has no tokenizer; generation needs a text run (e.g. recipes/tinystories.yaml)")
+    return run, tok
+
+
+def cmd_generate(args, out: Console, err: Console) -> int:
+    import sys
+
+    from rich.text import Text
+
+    from ..generate import generate
+
+    if args.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens: must be at least 1")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError("--top-k: must be at least 1")
+    run, tok = _text_run(args)
+    prompt = tok.encode(args.prompt)
+    res = generate(run.model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop_id=tok.eos_id)
+    if args.show_k:
+        k_max = run.model.k_max
+        text = Text(args.prompt)
+        for i, k in zip(res.ids, res.k):
+            frac = (k - 1) / max(k_max - 1, 1)  # blue (few steps) to red (k_max)
+            text.append(tok.decode([i]), style=f"rgb({int(255 * frac)},{int(80 + 60 * (1 - frac))},{int(255 * (1 - frac))})")
+        out.print(text)
+        out.print(f"[dim]colour: K from 1 (blue) to {k_max} (red)[/]")
+    else:
+        sys.stdout.write(args.prompt + tok.decode(res.ids) + "\n")
+        sys.stdout.flush()
+    err.print(f"{len(res.ids)} tokens in {res.seconds:.2f} s: {res.tokens_per_s:.1f} tokens/s, "
+              f"mean K per generated token {res.k_mean:.2f} (k_max {run.model.k_max})", highlight=False)
+    return 0
+
+
 def cmd_bench(args, out: Console, err: Console) -> int:
     if args.bench == "memory":
         from ..bench.memory import run
@@ -146,6 +224,10 @@ def cmd_bench(args, out: Console, err: Console) -> int:
         return run(args, out, err)
     if args.bench == "ablation":
         from ..bench.ablation import run
+
+        return run(args, out, err)
+    if args.bench == "generate":
+        from ..bench.generate import run
 
         return run(args, out, err)
     raise ConfigError(f"unknown benchmark '{args.bench}'")

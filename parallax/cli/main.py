@@ -1,4 +1,4 @@
-"""``parallax``: run, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench.
+"""``parallax``: run, eval, generate, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench.
 
 User errors (``ParallaxError``) print one line and exit 2; argparse errors do the same and say
 what to use instead. Recipe overrides are positional ``key=value`` and ``~key`` items.
@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ..errors import ParallaxError
 
-COMMANDS = ["run", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench"]
+COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,6 +58,22 @@ def build_parser() -> Parser:
     r = sub.add_parser("run", help="train a recipe: parallax run RECIPE [key=value ...] [~key ...]")
     r.add_argument("recipe", help="a YAML file, or the name of a built-in recipe (see `parallax ls`)")
     r.add_argument("overrides", nargs="*", help="key=value sets a key (value parsed as YAML); ~key removes it")
+
+    e = sub.add_parser("eval", help="evaluate a trained run: loss, perplexity or accuracy, K histogram, K per surprisal quantile")
+    e.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
+    e.add_argument("overrides", nargs="*", help="key=value changes to the run's recipe (e.g. data.val_sequences=16)")
+    e.add_argument("--data", nargs="+", metavar="PATH", help="evaluate on these local files (sets data.files)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    g = sub.add_parser("generate", help="continue a prompt with a trained text run, one cached token step at a time")
+    g.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--show-k", action="store_true", help="colour each generated token by the K it used")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: one token's small ops run fastest on one)")
 
     sub.add_parser("ls", help="list the built-in recipes")
 
@@ -105,6 +121,13 @@ def build_parser() -> Parser:
                    help="fractions of entries to leave out (default 0.25 0.5 0.9)")
     a.add_argument("--seeds", type=int, nargs="+", default=[0], help="which random subsets (default 0)")
     a.add_argument("--json", action="store_true")
+    gb = bsub.add_parser("generate", help="seconds per token, cached incremental decoding vs recomputing the prefix")
+    gb.add_argument("run_dir", help="a text run's out_dir or step-XXXXXXXX/ folder")
+    gb.add_argument("--context", type=int, default=256, help="prefix length before the timed tokens (default 256)")
+    gb.add_argument("--tokens", type=int, default=16, help="tokens timed on each path (default 16)")
+    gb.add_argument("--seed", type=int, default=0)
+    gb.add_argument("--threads", type=int, default=1, help="torch CPU threads for both paths (default 1)")
+    gb.add_argument("--json", action="store_true")
     return p
 
 

@@ -6,7 +6,9 @@ is registered. Each also runs with non-default options that change its code path
 from __future__ import annotations
 
 import pytest
+import torch
 
+import parallax
 from parallax.registry import get_registry
 from parallax.testing import (
     assert_decoder_conforms, assert_encoder_conforms, assert_expert_conforms, assert_workspace_conforms,
@@ -29,6 +31,8 @@ VARIANTS = {
     ("experts", "siren"): [{"layers": 3, "omega_0": 5.0}],
     ("encoders", "token"): [{"window": 1}, {"window": 4}],
     ("decoders", "motor"): [{"context": 5, "layers": 3, "heads": 2}, {"tie": False}],
+    ("encoders", "image"): [{"patch": 1}],
+    ("decoders", "classifier"): [{"pool": "last", "hidden": 0}],
     ("workspaces", "cws"): [{"init_h": "zeros", "learn_decay": False, "heads": 2}],
 }
 
@@ -41,9 +45,18 @@ def cases():
                 yield pytest.param(kind, name, options, id=f"{name}-{options}" if options else name)
 
 
+#: (kind, name) -> keyword arguments for components of another modality than tokens
+IMAGES = parallax.DataInfo(num_classes=3, input_shape=(1, 4, 4))
+ARGS = {
+    # images (B,C,H,W) -> 4 patches: no per-position inputs, so no causality or token-step checks
+    ("encoders", "image"): {"info": IMAGES, "inputs": torch.randn(2, 1, 4, 4), "skip": ("shapes", "causality", "incremental")},
+    ("decoders", "classifier"): {"info": IMAGES},
+}
+
+
 @pytest.mark.parametrize("kind,name,options", cases())
 def test_builtin_component_conforms(kind, name, options):
-    CHECK[kind](name, options)
+    CHECK[kind](name, options, **ARGS.get((kind, name), {}))
 
 
 def test_every_builtin_kind_has_a_component():

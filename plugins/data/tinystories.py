@@ -1,0 +1,156 @@
+"""TinyStories (Eldan & Li, 2023) for next-token prediction, through Hugging Face ``datasets``.
+
+By default the stories stream from the hub (``roneneldan/TinyStories``); ``data.files=PATH`` reads
+local .txt/.jsonl copies instead. Off the network, the run stops at once with one line that shows
+the ``data.files=`` override. Stories are tokenized (``byte``, or a ``bpe`` trained on the training
+stories), joined with ``<|endoftext|>`` into one id stream per split, and cached on disk keyed by
+data and tokenizer. The tokenizer is saved with the run (``tokenizer.json``) and restored from a
+checkpoint, so evaluation and generation need no data, and the model's vocabulary is its size.
+
+A training batch is ``batch_size`` windows of ``seq_len + 1`` ids at offsets drawn by a generator
+seeded from (seed, step, rank); the validation set is the first ``val_sequences`` non-overlapping
+windows of the held-out stories (the last ``val_stories`` of those read).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+import parallax
+
+from . import token_cache
+from .stories import read_files, stream_hub
+from .tokenizers import ByteTokenizer, BPETokenizer, tokenizer_from_json
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TinyStoriesData(parallax.DataSource):
+    has_accuracy = False
+
+    class Config(parallax.Spec):
+        model_config = {"extra": "forbid"}
+        type: str = "tinystories"
+        files: str | list[str] | None = Field(None, description="local .txt/.jsonl copies; null streams from the hub")
+        dataset: str = Field("roneneldan/TinyStories", description="hub id (or a local data set folder)")
+        split: str = "train"
+        text_field: str = "text"
+        max_stories: int | None = Field(50000, ge=2, description="stories read (the hub streams this many); null reads every file whole")
+        val_stories: int = Field(500, ge=1, description="held-out stories (at most a tenth of those read)")
+        seq_len: int = Field(128, ge=2, description="tokens per training window")
+        val_sequences: int = Field(64, ge=1, description="validation windows")
+        tokenizer: Literal["byte", "bpe"] = Field("bpe", description="byte: UTF-8 bytes (257 ids); bpe: trained on the training stories")
+        vocab_size: int = Field(4096, ge=258, description="BPE vocabulary size (bpe only)")
+        cache_dir: str | None = Field(None, description="tokenized-data cache; null: $PARALLAX_CACHE_DIR or ~/.cache/parallax")
+
+    def __init__(self, cfg: Config, seed: int, batch_size: int = 32):
+        super().__init__(cfg, seed, batch_size)
+        self.files_list = [cfg.files] if isinstance(cfg.files, str) else list(cfg.files or [])
+        self.cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else token_cache.default_dir()
+        self._tokenizer: parallax.Tokenizer | None = None
+        self._stories: tuple[list[str], list[str]] | None = None
+        self._ids: dict[str, np.ndarray] | None = None
+        self.cache_hit: bool | None = None  # whether the token ids came from the cache
+        self._restored = False  # the tokenizer came from a checkpoint: the data is read only when batches are
+
+    # -- identity and loading -----------------------------------------------------------------
+    def _data_key(self) -> list:
+        c = self.cfg
+        source = token_cache.file_identity(self.files_list) if self.files_list else [c.dataset, c.split]
+        return [source, c.text_field, c.max_stories, c.val_stories]
+
+    def _read_stories(self) -> tuple[list[str], list[str]]:
+        """(train stories, validation stories), read once."""
+        if self._stories is None:
+            c = self.cfg
+            if self.files_list:
+                stories = read_files(self.files_list, c.text_field, c.max_stories)
+            else:
+                stories = list(stream_hub(c.dataset, c.split, c.text_field, c.max_stories or 50000))
+            if len(stories) < 2:
+                raise parallax.ConfigError(f"data.files: {len(stories)} story read; need at least 2 (one to train on, one to validate)")
+            n_val = max(1, min(c.val_stories, len(stories) // 10))
+            self._stories = (stories[:-n_val], stories[-n_val:])
+        return self._stories
+
+    @property
+    def tokenizer(self) -> parallax.Tokenizer:
+        if self._tokenizer is None:
+            c = self.cfg
+            if c.tokenizer == "byte":
+                self._tokenizer = ByteTokenizer()
+            else:
+                path = self.cache / f"bpe-{token_cache.key(self._data_key(), c.vocab_size)}.json"
+                cached = token_cache.load_text(path)
+                if cached is not None:
+                    self._tokenizer = tokenizer_from_json(cached, str(path))
+                else:
+                    self._tokenizer = BPETokenizer.train(self._read_stories()[0], c.vocab_size)
+                    token_cache.save_text(path, self._tokenizer.to_json())
+        return self._tokenizer
+
+    def _encode(self, stories: list[str]) -> np.ndarray:
+        """Stories -> one id stream, each story followed by <|endoftext|>."""
+        tok = self.tokenizer
+        encoded = tok.encode_batch(stories) if hasattr(tok, "encode_batch") else [tok.encode(s) for s in stories]
+        flat = [i for ids in encoded for i in (*ids, tok.eos_id)]
+        return np.asarray(flat, dtype=np.uint16 if tok.vocab_size <= 65536 else np.int32)
+
+    def ids(self) -> dict[str, np.ndarray]:
+        """{"train": (N,), "val": (M,)} token ids, from the cache when this data and tokenizer were seen before."""
+        if self._ids is None:
+            path = self.cache / f"ids-{token_cache.key(self._data_key(), self.tokenizer.to_json())}.npz"
+            self._ids = token_cache.load_arrays(path)
+            self.cache_hit = self._ids is not None
+            if self._ids is None:
+                train, val = self._read_stories()
+                self._ids = {"train": self._encode(train), "val": self._encode(val)}
+                token_cache.save_arrays(path, self._ids)
+            if len(self._ids["train"]) < self.cfg.seq_len + 2:
+                raise parallax.ConfigError(
+                    f"data.seq_len: the training stories hold {len(self._ids['train'])} tokens, fewer than "
+                    f"seq_len + 2 ({self.cfg.seq_len + 2}); lower data.seq_len or give more text"
+                )
+        return self._ids
+
+    # -- the DataSource contract ----------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:  # type: ignore[override]
+        return self.tokenizer.vocab_size
+
+    @property
+    def info(self) -> parallax.DataInfo:
+        if not self._restored:
+            self.ids()  # a fresh run reads (or finds cached) its data now, so a bad file fails before training starts
+        return parallax.DataInfo(vocab_size=self.tokenizer.vocab_size)
+
+    def files(self) -> dict[str, bytes]:
+        return {TOKENIZER_FILE: self.tokenizer.to_json().encode("utf-8")}
+
+    def restore(self, path) -> None:
+        f = Path(path) / TOKENIZER_FILE
+        if not f.is_file():
+            raise parallax.CheckpointError(f"{path}: no {TOKENIZER_FILE}; this checkpoint was not written by a text run")
+        self._tokenizer = tokenizer_from_json(f.read_text(encoding="utf-8"), str(f))
+        self._restored = True
+
+    def batch(self, step: int, rank: int = 0) -> dict[str, torch.Tensor]:
+        train = self.ids()["train"]
+        L = self.cfg.seq_len
+        gen = torch.Generator().manual_seed(hash((self.seed, step, rank)) & 0x7FFFFFFF)
+        starts = torch.randint(0, len(train) - L - 1, (self.batch_size,), generator=gen).numpy()  # (B,)
+        win = torch.from_numpy(np.stack([train[s : s + L + 1] for s in starts]).astype(np.int64))  # (B,L+1)
+        return {"inputs": win[:, :-1], "targets": win[:, 1:]}
+
+    def val_batches(self, batch_size: int | None = None):
+        val = self.ids()["val"]
+        L = min(self.cfg.seq_len, len(val) - 1)
+        n = min(self.cfg.val_sequences, (len(val) - 1) // L)
+        win = torch.from_numpy(np.stack([val[i * L : i * L + L + 1] for i in range(n)]).astype(np.int64))  # (n,L+1)
+        bs = batch_size or self.batch_size
+        for i in range(0, n, bs):
+            yield {"inputs": win[i : i + bs, :-1], "targets": win[i : i + bs, 1:]}
