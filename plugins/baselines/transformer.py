@@ -113,11 +113,11 @@ class TransformerOptions(Spec):
     @model_validator(mode="after")
     def _heads_divide(self):
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); change n_embd or n_head")
         if self.n_head % self.n_kv_heads:
-            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_heads ({self.n_kv_heads}); set n_kv_heads to a divisor of n_head")
         if (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"head width n_embd/n_head ({self.n_embd // self.n_head}) must be even for RoPE")
+            raise ValueError(f"head width n_embd/n_head ({self.n_embd // self.n_head}) must be even for RoPE; change n_embd or n_head")
         return self
 
     @property
