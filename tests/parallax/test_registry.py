@@ -43,7 +43,7 @@ def test_builtins_load_through_entry_points():
     reg = Registry().load_entry_points()
     assert all(p.builtin and p.error is None for p in reg.plugins.values())
     assert {"mamba_siso", "attention_probe", "mlp_probe", "siren"} <= set(reg.names("experts"))
-    assert reg.names("models") == ["cws"] and "recall" in reg.names("data_sources")
+    assert sorted(reg.names("models")) == ["cws", "dualtrack", "transformer"] and "recall" in reg.names("data_sources")
     assert reg.entry("experts", "siren").plugin.dist == "parallax-cws"
 
 

@@ -1,0 +1,201 @@
+"""A decoder-only transformer language model: the baseline a CWS is measured against.
+
+Shapes: B batch, T positions, d = n_embd, V vocabulary, H = n_head query heads, G = n_kv_heads
+key/value heads, hd = d // H per-head width.
+
+tokens (B,T) -> embedding (B,T,d) -> n_layer pre-norm blocks (GQA attention with RoPE, SwiGLU MLP)
+-> RMSNorm -> head (B,T,V), the head sharing the embedding table when ``tie`` is set.
+
+``step`` is the incremental path used for generation: one new token per call, with a KV cache
+holding every layer's rotated keys and values for the positions already seen.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+import parallax
+from parallax import ConfigError, DataInfo, ModelOutput, RMSNorm, Spec, apply_rope, rope_angles
+
+
+def default_mlp_hidden(n_embd: int) -> int:
+    """SwiGLU hidden width: 8/3 * n_embd (same parameters as a 4x GELU MLP), rounded up to a multiple of 8."""
+    return 8 * math.ceil(8 * n_embd / 3 / 8)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention with rotary positions.
+
+    ``forward(x (B,T,d), cos, sin (T,hd/2), past) -> (y (B,T,d), (k, v) each (B,G,T_past+T,hd))``.
+    ``past`` is the (k, v) of earlier positions, or None; with a past, T must be 1 (one new
+    position attends to all earlier ones, so no mask is needed).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int):
+        super().__init__()
+        self.n_head, self.n_kv_heads, self.hd = n_head, n_kv_heads, n_embd // n_head
+        self.wq = nn.Linear(n_embd, n_head * self.hd, bias=False)
+        self.wkv = nn.Linear(n_embd, 2 * n_kv_heads * self.hd, bias=False)
+        self.wo = nn.Linear(n_head * self.hd, n_embd, bias=False)
+
+    def forward(self, x, cos, sin, past=None):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B,H,T,hd)
+        k, v = self.wkv(x).view(B, T, 2, self.n_kv_heads, self.hd).permute(2, 0, 3, 1, 4)  # (B,G,T,hd) each
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:
+            if T != 1:
+                raise ValueError(f"incremental attention takes one position at a time, got T={T}")
+            k = torch.cat([past[0], k], dim=2)  # (B,G,T_past+1,hd)
+            v = torch.cat([past[1], v], dim=2)
+        # each group of H/G query heads shares one key/value head
+        rep = self.n_head // self.n_kv_heads
+        kq, vq = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B,H,T_kv,hd)
+        y = F.scaled_dot_product_attention(q, kq, vq, is_causal=past is None)  # (B,H,T,hd)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B,T,d)
+        return self.wo(y), (k, v)
+
+
+class SwiGLU(nn.Module):
+    """``W3(SiLU(W1 x) * W2 x)``: (B,T,d) -> (B,T,d) through a gated hidden layer of width ``hidden``."""
+
+    def __init__(self, n_embd: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(n_embd, hidden, bias=False)
+        self.w2 = nn.Linear(n_embd, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, n_embd, bias=False)
+
+    def forward(self, x):
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + Attn(norm(x)), then x + MLP(norm(x)).
+
+    ``forward(x (B,T,d), cos, sin, past=None) -> (x (B,T,d), kv)``; ``kv`` is this block's
+    key/value cache after the call (see ``Attention``). Callers that do not decode ignore it.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, mlp_hidden: int, norm_eps: float,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = RMSNorm(n_embd, eps=norm_eps)
+        self.attn = Attention(n_embd, n_head, n_kv_heads)
+        self.norm2 = RMSNorm(n_embd, eps=norm_eps)
+        self.mlp = SwiGLU(n_embd, mlp_hidden)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x, cos, sin, past=None):
+        a, kv = self.attn(self.norm1(x), cos, sin, past)
+        x = x + self.drop(a)  # (B,T,d)
+        x = x + self.drop(self.mlp(self.norm2(x)))  # (B,T,d)
+        return x, kv
+
+
+class TransformerOptions(Spec):
+    """Options shared by the transformer and the models built from its blocks."""
+
+    model_config = {"extra": "forbid"}
+    n_layer: int = Field(4, ge=1, description="number of blocks")
+    n_head: int = Field(4, ge=1, description="query heads")
+    n_kv_heads: int = Field(2, ge=1, description="key/value heads (GQA); must divide n_head")
+    n_embd: int = Field(128, ge=1, description="model width d; must be divisible by n_head")
+    mlp_hidden: int | None = Field(None, ge=1, description="SwiGLU hidden width (default 8/3 * n_embd, rounded up to a multiple of 8)")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
+    rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
+    tie: bool = Field(True, description="share the token embedding table with the output head")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); change n_embd or n_head")
+        if self.n_head % self.n_kv_heads:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_heads ({self.n_kv_heads}); set n_kv_heads to a divisor of n_head")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head width n_embd/n_head ({self.n_embd // self.n_head}) must be even for RoPE; change n_embd or n_head")
+        return self
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or default_mlp_hidden(self.n_embd)
+
+
+def require_vocab(info: DataInfo, model: str) -> int:
+    if not info.vocab_size:
+        raise ConfigError(f"model.type: {model} is a language model and needs token data with a vocabulary; use a token data source")
+    return info.vocab_size
+
+
+def init_weights(module: nn.Module) -> None:
+    """Normal(0, 0.02) for linear and embedding weights, as in GPT-2."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+
+def head_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """(B,T,d) -> (B,T,V) through ``model.head``, or through ``model.tok``'s table when tied."""
+    return F.linear(h, model.tok.weight) if model.head is None else model.head(h)
+
+
+@dataclass
+class KVCache:
+    """Per-layer (k, v), each (B,G,T_seen,hd), and the number of positions seen."""
+
+    layers: list = field(default_factory=list)
+    pos: int = 0
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer LM. ``forward(inputs (B,T)) -> ModelOutput(logits (B,T,V), k=None)``."""
+
+    class Config(TransformerOptions):
+        type: str = "transformer"
+
+    def __init__(self, cfg: "Transformer.Config", info: DataInfo, registry=None):
+        super().__init__()
+        self.cfg = cfg
+        V, d = require_vocab(info, "transformer"), cfg.n_embd
+        self.tok = nn.Embedding(V, d)
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.n_head, cfg.n_kv_heads, cfg.hidden, cfg.norm_eps) for _ in range(cfg.n_layer)
+        )
+        self.norm = RMSNorm(d, eps=cfg.norm_eps)
+        # tied: the head reads the embedding table, which is then saved once in checkpoints
+        self.head = None if cfg.tie else nn.Linear(d, V, bias=False)
+        init_weights(self)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Output head: (B,T,d) -> (B,T,V)."""
+        return head_logits(self, h)
+
+    def _rope(self, start: int, T: int, device):
+        pos = torch.arange(start, start + T, device=device)
+        return rope_angles(pos, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (T,hd/2) each
+
+    def forward(self, inputs: torch.Tensor) -> ModelOutput:
+        B, T = inputs.shape
+        cos, sin = self._rope(0, T, inputs.device)
+        x = self.tok(inputs)  # (B,T,d)
+        for blk in self.blocks:
+            x, _ = blk(x, cos, sin)  # (B,T,d)
+        return ModelOutput(logits=self.logits(self.norm(x)), k=None)  # (B,T,V)
+
+    @torch.no_grad()
+    def step(self, tokens_t: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Feed one new token per row: ``tokens_t (B,1)`` and the cache from earlier calls (None to
+        start) -> ``(logits (B,1,V), cache)``. The logits equal ``forward`` on the whole sequence at
+        that position; the cache holds every layer's rotated keys and values seen so far."""
+        cache = cache or KVCache(layers=[None] * len(self.blocks))
+        cos, sin = self._rope(cache.pos, 1, tokens_t.device)
+        x = self.tok(tokens_t)  # (B,1,d)
+        layers = []
+        for blk, past in zip(self.blocks, cache.layers):
+            x, kv = blk(x, cos, sin, past)  # (B,1,d)
+            layers.append(kv)
+        return self.logits(self.norm(x)), KVCache(layers=layers, pos=cache.pos + 1)  # (B,1,V)

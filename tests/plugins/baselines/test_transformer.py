@@ -1,0 +1,74 @@
+"""The transformer baseline: causal, its KV-cached ``step`` matches full recompute, and it needs a vocabulary."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import parallax
+from parallax import DataInfo
+from parallax_plugins.baselines.transformer import Transformer
+
+V = 23
+
+
+def small(**kw) -> Transformer:
+    opts = dict(n_layer=2, n_head=4, n_kv_heads=2, n_embd=32)
+    opts.update(kw)
+    return Transformer(Transformer.Config(**opts), DataInfo(vocab_size=V)).eval()
+
+
+def test_forward_shapes_and_no_k():
+    out = small()(torch.randint(0, V, (3, 9)))
+    assert out.logits.shape == (3, 9, V)
+    assert out.k is None
+
+
+def test_changing_a_later_token_leaves_earlier_logits_unchanged():
+    model = small()
+    ids = torch.randint(0, V, (2, 12))
+    t = 6
+    changed = ids.clone()
+    changed[:, t + 1] = (changed[:, t + 1] + 1) % V
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1])
+    assert not torch.allclose(a[:, t + 1], b[:, t + 1])
+
+
+def test_greedy_incremental_decoding_equals_full_recompute():
+    model = small(n_layer=3)
+    prompt = torch.randint(0, V, (2, 3))
+    # incremental: feed the prompt one token at a time, then 12 greedy tokens through the cache
+    cache, logits = None, None
+    for i in range(prompt.shape[1]):
+        logits, cache = model.step(prompt[:, i : i + 1], cache)
+    seq = prompt
+    for _ in range(12):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B,1)
+        with torch.no_grad():
+            full = model(seq).logits[:, -1]  # (B,V): recomputed from scratch
+        torch.testing.assert_close(logits[:, -1], full, rtol=1e-4, atol=1e-5)
+        assert torch.equal(nxt, full.argmax(-1, keepdim=True))
+        seq = torch.cat([seq, nxt], dim=1)
+        logits, cache = model.step(nxt, cache)
+    assert cache.pos == seq.shape[1]
+    assert cache.layers[0][0].shape == (2, 2, seq.shape[1], 8)  # (B,G,T,hd)
+
+
+def test_tied_head_shares_the_embedding():
+    tied, untied = small(), small(tie=False)
+    assert tied.head is None
+    h = torch.randn(1, 3, 32)
+    torch.testing.assert_close(tied.logits(h), h @ tied.tok.weight.T)
+    n = sum(p.numel() for p in tied.parameters())
+    assert sum(p.numel() for p in untied.parameters()) == n + V * 32
+
+
+def test_default_mlp_hidden_is_eight_thirds_rounded_up():
+    assert small().blocks[0].mlp.w1.out_features == 88  # 8/3 * 32 = 85.3 -> 88
+    assert small(mlp_hidden=40).blocks[0].mlp.w1.out_features == 40
+
+
+def test_without_a_vocabulary_it_raises_a_config_error():
+    with pytest.raises(parallax.ConfigError, match="vocabulary"):
+        Transformer(Transformer.Config(n_head=4, n_kv_heads=2, n_embd=32), DataInfo(num_classes=10))
