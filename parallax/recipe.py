@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ def _component_kind(annotation: Any) -> tuple[str, bool] | None:
         if isinstance(meta, Kind):
             return meta.kind, False
     origin = typing.get_origin(annotation)
-    if origin in (list, typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (list, typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             found = _component_kind(arg)
             if found:

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-import parallax
 from parallax import ConfigError, DataInfo, ModelOutput, RMSNorm, Spec, apply_rope, rope_angles
 
 
