@@ -7,11 +7,14 @@ graph, so activation memory does not grow with K. Positions are independent (a p
 workspace reads only its own context), so all T positions settle in parallel and a halted
 position's state is frozen while the others continue.
 
-Halted positions stop costing compute: once the active fraction falls below ``compact_below``, each
-frozen step gathers every row's active positions into a ``(B,T')`` block (T' the most active
-positions in any row) and runs the experts and the workspace on that block alone. This needs the
-h-clocked experts to accept per-row positions (``Expert.gather``); otherwise halted positions are
-masked, which freezes them but still computes them.
+Halted positions stop costing compute: once the active fraction of the block being computed falls
+below ``compact_below``, every row's active positions are gathered into a ``(B,T')`` working set
+(T' the most active positions in any row), with their state and token-clocked slots, and the frozen
+steps run on that block alone. The working set is kept across steps and gathered again only when
+its own active fraction falls below ``compact_below``, so the gather's cost is paid a few times per
+settle, not every step. This needs the h-clocked experts to accept per-row positions
+(``Expert.gather``); otherwise halted positions are masked, which freezes them but still computes
+them.
 """
 from __future__ import annotations
 
@@ -91,20 +94,25 @@ def settle(
     prev_raw = None
     traces: list[torch.Tensor] = []
     work = 0
+    ws: _WorkingSet | None = None  # the gathered active positions, once halting has thinned the batch
     with torch.no_grad():
         state = WorkspaceState(state.h.detach(), state.cum.detach())
         tk = tok_k.detach() if tok_k is not None else None
         tv = tok_v.detach() if tok_v is not None else None
         for i in range(k_max - live_steps):
-            n_active = int(active.sum())
-            if can_gather and n_active < compact_below * B * T:
-                new, raw, work_i = _compact_step(one_step, state, tk, tv, positions, active)
-            else:
+            block = B * T if ws is None else ws.order.numel()
+            if can_gather and int(active.sum()) < compact_below * block:
+                if ws is not None:
+                    state = ws.write_back(state)
+                ws = _WorkingSet.gather(state, tk, tv, positions, active)
+            if ws is None:
                 new, raw = one_step(state, tk, tv, positions, active)
-                work_i = B * T
-            work += work_i
-            m = active[..., None]
-            state = WorkspaceState(torch.where(m, new.h, state.h), torch.where(m[..., None], new.cum, state.cum))
+                m = active[..., None]
+                state = WorkspaceState(torch.where(m, new.h, state.h), torch.where(m[..., None], new.cum, state.cum))
+                work += B * T
+            else:
+                raw = ws.step(one_step, active)
+                work += ws.order.numel()
             steps += active.long()
             if trace and prev_raw is not None:
                 traces.append(_movement(raw, prev_raw))
@@ -113,6 +121,8 @@ def settle(
             active = active & ~halt
             if not bool(active.any()):
                 break
+        if ws is not None:
+            state = ws.write_back(state)
     for _ in range(live_steps):
         state, raw = one_step(state, tok_k, tok_v, positions)
         work += B * T
@@ -122,22 +132,43 @@ def settle(
     return Settled(h=state.h, k=steps + live_steps, work=work, trace=traces)
 
 
-def _compact_step(one_step, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor):
-    """One frozen step over each row's active positions only; returns full-size (B,T) results."""
-    counts = active.sum(1)  # (B,)
-    width = max(int(counts.max()), 1)
-    # stable sort puts each row's active positions first, in order; the tail is padding
-    order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B,T')
-    valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]  # (B,T')
-    sub = WorkspaceState(_gather_rows(state.h, order), _gather_rows(state.cum, order))
-    sk = _gather_rows(tk, order) if tk is not None else None
-    sv = _gather_rows(tv, order) if tv is not None else None
-    pos = positions[order]  # (B,T') absolute positions
-    new, raw = one_step(sub, sk, sv, pos, valid)
-    h = _scatter_rows(state.h, order, valid, new.h)
-    cum = _scatter_rows(state.cum, order, valid, new.cum)
-    raw_full = _scatter_rows(torch.zeros_like(state.cum), order, valid, raw)
-    return WorkspaceState(h, cum), raw_full, order.numel()
+@dataclass
+class _WorkingSet:
+    """Each row's active positions, gathered into ``(B,T')`` with their state and token-clocked slots."""
+
+    order: torch.Tensor  # (B,T') indices into T; each row's active positions first, then padding
+    valid: torch.Tensor  # (B,T') False on padding
+    h: torch.Tensor  # (B,T',d)
+    cum: torch.Tensor  # (B,T',H,S)
+    tk: torch.Tensor | None  # (B,T',S_tok,H,dh)
+    tv: torch.Tensor | None
+    pos: torch.Tensor  # (B,T') absolute positions
+
+    @classmethod
+    def gather(cls, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor) -> "_WorkingSet":
+        counts = active.sum(1)  # (B,)
+        width = max(int(counts.max()), 1)
+        # a stable sort puts each row's active positions first, in order; the tail is padding
+        order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B,T')
+        valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]  # (B,T')
+        return cls(order, valid, _gather_rows(state.h, order), _gather_rows(state.cum, order),
+                   _gather_rows(tk, order) if tk is not None else None,
+                   _gather_rows(tv, order) if tv is not None else None, positions[order])
+
+    def step(self, one_step, active: torch.Tensor) -> torch.Tensor:
+        """One frozen step of the working set; returns raw in the full ``(B,T,H,S)`` layout (0 where halted)."""
+        run = _gather_rows(active, self.order) & self.valid  # (B,T') still settling
+        new, raw = one_step(WorkspaceState(self.h, self.cum), self.tk, self.tv, self.pos, run)
+        m = run[..., None]
+        self.h = torch.where(m, new.h, self.h)
+        self.cum = torch.where(m[..., None], new.cum, self.cum)
+        B, T = active.shape
+        full = raw.new_zeros(B, T, *raw.shape[2:])  # (B,T,H,S)
+        return _scatter_rows(full, self.order, run, raw)
+
+    def write_back(self, state: WorkspaceState) -> WorkspaceState:
+        return WorkspaceState(_scatter_rows(state.h, self.order, self.valid, self.h),
+                              _scatter_rows(state.cum, self.order, self.valid, self.cum))
 
 
 def _movement(raw: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from rich.table import Table
 
 from .. import checkpoint as ckpt
+from ..errors import ConfigError
 from . import build_k_loop_model
 
 
@@ -24,13 +25,14 @@ def _fixed_rule(registry):
     return cls(cls.Config(type="fixed"))
 
 
-def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: int = 5) -> dict:
+def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: int = 5,
+            batch_size: int | None = None) -> dict:
     registry, device, data, model = build_k_loop_model(recipe, "halting")
     model.eval()
     path = checkpoint or ckpt.latest(recipe.out_dir)
     if path is not None:
         ckpt.load_model_state(path, model)
-    inputs = [b["inputs"].to(device) for _, b in zip(range(batches), data.val_batches())]
+    inputs = [b["inputs"].to(device) for _, b in zip(range(batches), data.val_batches(batch_size))]
     tokens = sum(x.numel() for x in inputs)
     adaptive, fixed = model.halting, _fixed_rule(registry)
 
@@ -67,7 +69,8 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
                      "seconds_per_token": statistics.median(times[name]) / tokens})
     a, b, c = (r["seconds_per_token"] for r in rows)
     return {
-        "device": str(device), "checkpoint": str(path) if path else None, "tokens": tokens, "repeats": repeats,
+        "device": str(device), "checkpoint": str(path) if path else None, "tokens": tokens, "batch_shape": list(inputs[0].shape),
+        "repeats": repeats,
         "k_max": model.k_max, "m": round(m, 3), "rows": rows,
         "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
         "c_over_a_floor": round(model.k_max / m * 0.7, 3),
@@ -77,7 +80,9 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
 def run(args, out, err) -> int:
     from ..cli.commands import load
 
-    result = measure(load(args), args.checkpoint, args.batches, args.repeats)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    result = measure(load(args), args.checkpoint, args.batches, args.repeats, args.batch_size)
     if result["checkpoint"] is None:
         err.print("note: no checkpoint in the recipe's out_dir; timing an untrained model")
     if args.json:

@@ -4,8 +4,13 @@ For each shape (the shipped recipes' workspace shapes) and each implementation, 
 forward+backward are timed (median of repeats). Each row also reports the achieved bandwidth:
 the bytes the step must move (its inputs read once, its outputs written once) over the time, and
 the floor: those bytes over the device's measured copy bandwidth, the time no implementation can
-beat. On a CPU the Triton kernel runs only in Triton's interpreter, which says nothing about speed,
-so it is left out there and the output says so.
+beat. The backward is taken with ``torch.autograd.grad``, so no gradient accumulation is timed.
+
+On CUDA each call is timed twice: replayed from a CUDA graph (``graph``: the device time, with
+the host's launch overhead removed; the floor ratio uses it) and launched as training launches it
+(``launch``: CUDA events around each call, host overhead included). On a CPU the Triton kernel
+runs only in Triton's interpreter, which says nothing about speed, so it is left out there and
+the output says so.
 """
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ from rich.table import Table
 from parallax_kernels.workspace import workspace_step_ref
 
 # (name, B, T, H, S, dh): recall.yaml (d 64, 4 heads, 8 slots, batch 32 x 32 tokens), and a
-# text-scale workspace (d 256, 8 heads, 8 slots, batch 16 x 256 tokens)
+# text-scale workspace (d 256, 8 heads, 8 slots, batch 16 x 256 tokens); on CUDA also a batch
+# large enough to fill the GPU (64 x 512 tokens)
 SHAPES = [("recall", 32, 32, 4, 8, 16), ("text", 16, 256, 8, 8, 32)]
+CUDA_SHAPES = [("large", 64, 512, 8, 8, 32)]
 
 
 def _sync(device):
@@ -43,15 +50,29 @@ def _time(fn, device, repeats: int) -> float:
 
 def copy_bandwidth(device) -> float:
     """Bytes per second of a large device-to-device copy (read + write counted)."""
-    x = torch.empty(64 * 2**20 // 4, device=device)
+    x = torch.randn((256 if device.type == "cuda" else 64) * 2**20 // 4, device=device)
     y = torch.empty_like(x)
-    seconds = _time(lambda: y.copy_(x), device, 10)
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        seconds = do_bench(lambda: y.copy_(x), return_mode="median") * 1e-3
+    else:
+        seconds = _time(lambda: y.copy_(x), device, 10)
     return 2 * x.numel() * 4 / seconds
+
+
+def _cuda_times(fn, repeats: int) -> tuple[float, float]:
+    """(graph replay, launched) median seconds of one call."""
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    launched = do_bench(fn, warmup=25, rep=max(repeats, 20) * 5, return_mode="median") * 1e-3
+    graph = do_bench_cudagraph(fn, rep=max(repeats, 20) * 5, return_mode="median") * 1e-3
+    return graph, launched
 
 
 def step_bytes(B, T, H, S, dh, elt: int, backward: bool) -> int:
     n = B * T
-    fwd = elt * n * H * (dh + 2 * S * dh + S) + elt * n * H * (dh + S)  # read q,k,v,cum; write out,cum
+    fwd = elt * n * H * (dh + 2 * S * dh + S) + elt * n * H * (dh + 2 * S)  # read q,k,v,cum; write out,cum,raw
     if not backward:
         return fwd
     # backward reads q,k,v,cum and the two upstream grads; writes the four input grads
@@ -71,7 +92,7 @@ def measure(repeats: int = 20, dtype=torch.float32) -> dict:
                      "which measures nothing about its speed; fused is not timed")
     bw = copy_bandwidth(device)
     rows = []
-    for name, B, T, H, S, dh in SHAPES:
+    for name, B, T, H, S, dh in SHAPES + (CUDA_SHAPES if device.type == "cuda" else []):
         g = torch.Generator(device="cpu").manual_seed(0)
         mk = lambda *s: torch.randn(*s, generator=g).to(device, dtype).requires_grad_()  # noqa: E731
         q, k, v, cum = mk(B, T, H, dh), mk(B, T, S, H, dh), mk(B, T, S, H, dh), mk(B, T, H, S)
@@ -84,17 +105,28 @@ def measure(repeats: int = 20, dtype=torch.float32) -> dict:
 
             def fwd_bwd():
                 out, c, _ = fn(q, k, v, cum, decay, 2.0)
-                torch.autograd.backward((out, c), (go, gc))
+                torch.autograd.grad((out, c), (q, k, v, cum, decay), (go, gc))
 
             for mode, call in (("forward", fwd), ("forward+backward", fwd_bwd)):
-                seconds = _time(call, device, repeats)
+                launched = None
+                if device.type == "cuda":
+                    seconds, launched = _cuda_times(call, repeats)
+                else:
+                    seconds = _time(call, device, repeats)
                 nbytes = step_bytes(B, T, H, S, dh, q.element_size(), mode != "forward")
                 rows.append({"shape": name, "B": B, "T": T, "H": H, "S": S, "dh": dh, "impl": impl, "mode": mode,
-                             "seconds": seconds, "bytes": nbytes, "achieved_GBps": nbytes / seconds / 1e9,
+                             "seconds": seconds, "launched_seconds": launched, "bytes": nbytes,
+                             "achieved_GBps": nbytes / seconds / 1e9,
                              "floor_seconds": nbytes / bw, "x_floor": seconds / (nbytes / bw)})
-    base = {(r["shape"], r["mode"]): r["seconds"] for r in rows if r["impl"] == "reference"}
+    base = {(r["shape"], r["mode"]): r for r in rows if r["impl"] == "reference"}
     for r in rows:
-        r["speedup_vs_reference"] = base[(r["shape"], r["mode"])] / r["seconds"]
+        ref = base[(r["shape"], r["mode"])]
+        r["speedup_vs_reference"] = ref["seconds"] / r["seconds"]
+        if r["launched_seconds"] is not None:
+            r["launched_speedup_vs_reference"] = ref["launched_seconds"] / r["launched_seconds"]
+    if device.type == "cuda":
+        notes.append("µs: replayed from a CUDA graph (device time); launched: CUDA events around each call as "
+                     "training launches it, host overhead included")
     return {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
             "dtype": str(dtype).replace("torch.", ""), "copy_bandwidth_GBps": bw / 1e9, "notes": notes, "rows": rows}
 
@@ -104,11 +136,18 @@ def run(args, out, err) -> int:
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
-    table = Table("shape", "impl", "mode", "µs", "GB/s", "x floor", "vs reference",
+    cols = ["shape", "impl", "mode", "µs", "GB/s", "x floor", "vs reference"]
+    launched = result["rows"][0]["launched_seconds"] is not None
+    if launched:
+        cols += ["launched µs", "launched vs reference"]
+    table = Table(*cols,
                   title=f"workspace step on {result['device']} ({result['dtype']}; copy {result['copy_bandwidth_GBps']:.1f} GB/s)")
     for r in result["rows"]:
-        table.add_row(r["shape"], r["impl"], r["mode"], f"{r['seconds'] * 1e6:.0f}", f"{r['achieved_GBps']:.2f}",
-                      f"{r['x_floor']:.1f}", f"{r['speedup_vs_reference']:.2f}x")
+        cells = [r["shape"], r["impl"], r["mode"], f"{r['seconds'] * 1e6:.1f}", f"{r['achieved_GBps']:.2f}",
+                 f"{r['x_floor']:.1f}", f"{r['speedup_vs_reference']:.2f}x"]
+        if launched:
+            cells += [f"{r['launched_seconds'] * 1e6:.1f}", f"{r['launched_speedup_vs_reference']:.2f}x"]
+        table.add_row(*cells)
     out.print(table)
     for note in result["notes"]:
         out.print(f"note: {note}")

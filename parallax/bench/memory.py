@@ -6,6 +6,9 @@ every position really takes K steps). Reported per K:
   ``torch.autograd.graph.saved_tensors_hooks``); the training contract says this is flat in K;
 - ``peak_bytes``: CUDA peak allocated memory for the step, where a CUDA device is used (null on CPU);
 - ``seconds``: wall time of the step (noise on a shared machine; shown for the ratio only).
+
+One untimed step runs first, so that one-off allocations (library workspaces, kernel compilation)
+are not charged to the first K.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def measure(recipe, ks: list[int]) -> list[dict]:
     batch = data.batch(1)
     inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
     rows = []
-    for k in ks:
+    for i, k in enumerate([ks[0], *ks]):  # the first is the warm-up
         seen: dict[tuple, int] = {}
 
         def pack(t: torch.Tensor):
@@ -52,6 +55,8 @@ def measure(recipe, ks: list[int]) -> list[dict]:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else None
+        if i == 0:
+            continue
         rows.append({"k": k, "k_realised": float(out.k.float().mean()), "saved_bytes": sum(seen.values()),
                      "peak_bytes": peak, "seconds": round(seconds, 4)})
     for r in rows:

@@ -113,6 +113,8 @@ def build_parser() -> Parser:
     hb.add_argument("overrides", nargs="*")
     hb.add_argument("--checkpoint", default=None, help="a step-XXXXXXXX directory (default: newest in out_dir)")
     hb.add_argument("--batches", type=int, default=4, help="validation batches timed per setting")
+    hb.add_argument("--batch-size", type=int, default=None,
+                    help="sequences per timed batch (default: the recipe's train.batch_size)")
     hb.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
     hb.add_argument("--json", action="store_true")
     a = bsub.add_parser("ablation", help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")

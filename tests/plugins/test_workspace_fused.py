@@ -11,6 +11,9 @@ from parallax.cli.main import main
 from parallax.registry import get_registry
 from parallax.testing import assert_workspace_conforms
 
+# The kernel runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (set by conftest when there is no GPU).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def losses(run_dir):
     return [json.loads(ln)["loss"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
@@ -18,7 +21,8 @@ def losses(run_dir):
 
 def test_fused_workspace_trains_like_the_reference(tiny_recipe, tmp_path):
     for name in ("cws", "cws_fused"):
-        assert main(["run", str(tiny_recipe), f"out_dir={tmp_path / name}", f"model.workspace.type={name}"]) == 0
+        assert main(["run", str(tiny_recipe), f"out_dir={tmp_path / name}", f"model.workspace.type={name}",
+                     f"train.device={DEVICE}", "train.precision=fp32"]) == 0
     ref, fused = losses(tmp_path / "cws"), losses(tmp_path / "cws_fused")
     assert len(ref) == 6
     torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=1e-4, atol=1e-5)
@@ -26,7 +30,7 @@ def test_fused_workspace_trains_like_the_reference(tiny_recipe, tmp_path):
 
 @pytest.mark.parametrize("name", ["cws_fused", "auto"])
 def test_fused_workspaces_conform(name):
-    assert_workspace_conforms(name)
+    assert_workspace_conforms(name, device=DEVICE)
 
 
 def test_state_dicts_are_interchangeable():

@@ -1,0 +1,27 @@
+"""``parallax bench halting``: the three settings, their budgets and the work each really does."""
+from __future__ import annotations
+
+import json
+
+from parallax.cli.main import main
+
+
+def test_bench_halting_reports_the_three_settings(tiny_recipe, capsys):
+    assert main(["bench", "halting", str(tiny_recipe), "--batch-size", "3", "--batches", "2",
+                 "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a, b, c = out["rows"]
+    assert [r["setting"] for r in out["rows"]] == ["a_adaptive", "b_fixed_round_m", "c_fixed_k_max"]
+    assert out["batch_shape"][0] == 3
+    k_max = out["k_max"]
+    assert a["k_budget"] == c["k_budget"] == k_max and b["k_budget"] == max(1, round(out["m"]))
+    # fixed K computes every position at every step; the adaptive run never does more than that
+    assert c["position_steps_per_token"] == k_max and c["k_mean"] == k_max
+    assert b["position_steps_per_token"] == b["k_budget"]
+    assert a["k_mean"] <= a["position_steps_per_token"] <= k_max
+    assert out["a_over_b"] > 0 and out["c_over_a_floor"] == round(k_max / out["m"] * 0.7, 3)
+
+
+def test_bench_halting_rejects_an_empty_batch(tiny_recipe, capsys):
+    assert main(["bench", "halting", str(tiny_recipe), "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
