@@ -5,6 +5,11 @@ Each is timed on the same validation batches (forward, no grad), the settings in
 load on the machine hits all three alike; the median of the repeats is reported as seconds per
 token. If halting really skips work, (a) costs about what (b) costs, and (c) costs about k_max/m
 times (a).
+
+Two ways to run the model: ``parallel`` (the default) settles whole validation batches at once, as
+training and evaluation do, so a K step runs while any position of the batch is settling;
+``incremental`` feeds ``sequences`` validation sequences one token at a time, alone, through the
+generation caches, so each K loop settles one position and stops when that position halts.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from rich.table import Table
 
 from .. import checkpoint as ckpt
 from ..errors import ConfigError
+from ..generate import IncrementalState
 from . import build_k_loop_model
 
 
@@ -26,33 +32,50 @@ def _fixed_rule(registry):
 
 
 def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: int = 5,
-            batch_size: int | None = None) -> dict:
+            batch_size: int | None = None, mode: str = "parallel", sequences: int = 8) -> dict:
     registry, device, data, model = build_k_loop_model(recipe, "halting")
     model.eval()
     path = checkpoint or ckpt.latest(recipe.out_dir)
     if path is not None:
         ckpt.load_model_state(path, model)
-    inputs = [b["inputs"].to(device) for _, b in zip(range(batches), data.val_batches(batch_size))]
+    if mode == "incremental":
+        val = next(iter(data.val_batches(sequences)))["inputs"]  # (N,T)
+        inputs = [row[None].to(device) for row in val]  # N sequences of (1,T)
+    else:
+        inputs = [b["inputs"].to(device) for _, b in zip(range(batches), data.val_batches(batch_size))]
     tokens = sum(x.numel() for x in inputs)
     adaptive, fixed = model.halting, _fixed_rule(registry)
+    k_max = model.k_max
+
+    def forward(x: torch.Tensor, k: int) -> tuple[float, int]:
+        """Mean K and position-steps computed, for one batch."""
+        if mode == "parallel":
+            out = model(x, k_max=k)
+            return out.k.float().mean().item(), out.stats["work"]
+        state, ks = IncrementalState(model), []
+        for t in range(x.shape[1]):
+            _, k_t = state.feed(x[:, t : t + 1])  # one position: its K loop stops when it halts
+            ks.append(int(k_t))
+        return sum(ks) / len(ks), sum(ks)
 
     def run(rule, k: int) -> tuple[float, float, float]:
-        model.halting = rule
+        model.halting, model.k_max = rule, k
         t0 = time.perf_counter()
         ks, work = [], 0
         with torch.no_grad():
             for x in inputs:
-                out = model(x, k_max=k)
-                ks.append(out.k.float().mean().item())
-                work += out.stats["work"]
+                k_mean, w = forward(x, k)
+                ks.append(k_mean)
+                work += w
         if device.type == "cuda":
             torch.cuda.synchronize()
+        model.k_max = k_max
         return time.perf_counter() - t0, sum(ks) / len(ks), work
 
-    run(adaptive, model.k_max)  # warm-up
-    _, m, _ = run(adaptive, model.k_max)
-    settings = {"a_adaptive": (adaptive, model.k_max), "b_fixed_round_m": (fixed, max(model.live_steps, round(m))),
-                "c_fixed_k_max": (fixed, model.k_max)}
+    run(adaptive, k_max)  # warm-up
+    _, m, _ = run(adaptive, k_max)
+    settings = {"a_adaptive": (adaptive, k_max), "b_fixed_round_m": (fixed, max(model.live_steps, round(m))),
+                "c_fixed_k_max": (fixed, k_max)}
     times: dict[str, list[float]] = {name: [] for name in settings}
     info: dict[str, tuple[float, float]] = {}
     for _ in range(repeats):
@@ -69,7 +92,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
                      "seconds_per_token": statistics.median(times[name]) / tokens})
     a, b, c = (r["seconds_per_token"] for r in rows)
     return {
-        "device": str(device), "checkpoint": str(path) if path else None, "tokens": tokens, "batch_shape": list(inputs[0].shape),
+        "device": str(device), "checkpoint": str(path) if path else None, "mode": mode, "tokens": tokens, "batch_shape": list(inputs[0].shape),
         "repeats": repeats,
         "k_max": model.k_max, "m": round(m, 3), "rows": rows,
         "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
@@ -82,14 +105,17 @@ def run(args, out, err) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
-    result = measure(load(args), args.checkpoint, args.batches, args.repeats, args.batch_size)
+    if args.sequences < 1:
+        raise ConfigError(f"--sequences: must be at least 1, got {args.sequences}")
+    result = measure(load(args), args.checkpoint, args.batches, args.repeats, args.batch_size, args.mode,
+                     args.sequences)
     if result["checkpoint"] is None:
         err.print("note: no checkpoint in the recipe's out_dir; timing an untrained model")
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
     table = Table("setting", "K budget", "mean K", "position-steps/token", "µs/token",
-                  title=f"halting on {result['device']} (m = {result['m']}, k_max = {result['k_max']})")
+                  title=f"halting on {result['device']}, {result['mode']} (m = {result['m']}, k_max = {result['k_max']})")
     for r in result["rows"]:
         table.add_row(r["setting"], str(r["k_budget"]), f"{r['k_mean']:.2f}", f"{r['position_steps_per_token']:.2f}",
                       f"{r['seconds_per_token'] * 1e6:.1f}")

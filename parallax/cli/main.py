@@ -115,6 +115,9 @@ def build_parser() -> Parser:
     hb.add_argument("--batches", type=int, default=4, help="validation batches timed per setting")
     hb.add_argument("--batch-size", type=int, default=None,
                     help="sequences per timed batch (default: the recipe's train.batch_size)")
+    hb.add_argument("--mode", choices=["parallel", "incremental"], default="parallel",
+                    help="settle whole batches at once, or feed sequences one token at a time (generation)")
+    hb.add_argument("--sequences", type=int, default=8, help="validation sequences fed one at a time (incremental)")
     hb.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
     hb.add_argument("--json", action="store_true")
     a = bsub.add_parser("ablation", help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")

@@ -25,3 +25,16 @@ def test_bench_halting_reports_the_three_settings(tiny_recipe, capsys):
 def test_bench_halting_rejects_an_empty_batch(tiny_recipe, capsys):
     assert main(["bench", "halting", str(tiny_recipe), "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_bench_halting_incremental_settles_one_position_at_a_time(tiny_recipe, capsys):
+    assert main(["bench", "halting", str(tiny_recipe), "--mode", "incremental", "--sequences", "2",
+                 "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a, b, c = out["rows"]
+    assert out["mode"] == "incremental" and out["batch_shape"][0] == 1
+    # one position per K loop: the work done is exactly the K spent, with no padding
+    for r in (a, b, c):
+        assert r["position_steps_per_token"] == r["k_mean"]
+    assert c["k_mean"] == out["k_max"] and b["k_mean"] == b["k_budget"]
+    assert a["k_mean"] == out["m"]
