@@ -100,8 +100,11 @@ def settle(
         tk = tok_k.detach() if tok_k is not None else None
         tv = tok_v.detach() if tok_v is not None else None
         for i in range(k_max - live_steps):
+            n_active = int(active.sum())  # the one host sync of a step
+            if n_active == 0:
+                break
             block = B * T if ws is None else ws.order.numel()
-            if can_gather and int(active.sum()) < compact_below * block:
+            if can_gather and n_active < compact_below * block:
                 if ws is not None:
                     state = ws.write_back(state)
                 ws = _WorkingSet.gather(state, tk, tv, positions, active)
@@ -119,8 +122,6 @@ def settle(
             halt = halting.update(raw, prev_raw, memo, i + 1)
             prev_raw = raw
             active = active & ~halt
-            if not bool(active.any()):
-                break
         if ws is not None:
             state = ws.write_back(state)
     for _ in range(live_steps):
