@@ -24,10 +24,11 @@ from rich.table import Table
 
 from parallax_kernels.workspace import workspace_step_ref
 
-# (name, B, T, H, S, dh): recall.yaml (d 64, 4 heads, 8 slots, batch 32 x 32 tokens), and a
-# text-scale workspace (d 256, 8 heads, 8 slots, batch 16 x 256 tokens); on CUDA also a batch
-# large enough to fill the GPU (64 x 512 tokens)
-SHAPES = [("recall", 32, 32, 4, 8, 16), ("text", 16, 256, 8, 8, 32)]
+# (name, B, T, H, S, dh): the shipped CWS recipes (d 64, 4 heads of 16, 8 slots, batch 32) at their
+# sequence lengths: recall 32 tokens, tinystories 128, digits 4 patches; and a wider text workspace
+# (d 256, 8 heads, batch 16 x 256 tokens). On CUDA also a batch large enough to fill the GPU.
+SHAPES = [("recall", 32, 32, 4, 8, 16), ("tinystories", 32, 128, 4, 8, 16), ("digits", 32, 4, 4, 8, 16),
+          ("text", 16, 256, 8, 8, 32)]
 CUDA_SHAPES = [("large", 64, 512, 8, 8, 32)]
 
 
