@@ -11,7 +11,8 @@ Reported for each recipe:
 - ``params``, split into ``embedding`` (``nn.Embedding`` tables; a tied head is counted there once)
   and ``non_embedding`` (everything else);
 - ``tokens_per_s``: training input tokens per second over the logged windows (setup and the final
-  evaluation excluded);
+  evaluation excluded), and ``tokens_per_s_median``, the median window (robust to a stall when
+  another job takes the cores for a while);
 - the final evaluation: ``val_loss`` and ``val_accuracy`` or ``val_perplexity``, and ``val_k_mean``
   for a model with a K loop (K budget ``k_max`` at evaluation);
 - ``peak_bytes``, measured from the moment the data and the model are built to the end of training:
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -170,13 +172,15 @@ def saved_bytes(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Ten
     return sum(seen.values())
 
 
-def tokens_per_s(metrics: Path) -> float | None:
-    """Training tokens/s over the logged windows: total steps / total seconds, times tokens per step.
+def tokens_per_s(metrics: Path) -> tuple[float | None, float | None]:
+    """Training tokens/s from metrics.jsonl: (over the whole run, median of the logged windows).
 
     Each training record holds the tokens/s of the window since the previous one, so a window of n
-    steps took n / tokens_per_s of per-step time; the tokens per step cancel out of the ratio."""
+    steps took n / tokens_per_s of per-step time, and the run's rate is total steps over total time
+    (the tokens per step cancel out). The median window is the rate with the machine's stalls
+    (another job taking the cores for a while) left out."""
     steps = seconds_per_token_step = 0.0
-    prev = 0
+    prev, windows = 0, []
     for line in metrics.read_text().splitlines():
         rec = json.loads(line) if line.strip() else {}
         if "loss" in rec and rec.get("tokens_per_s"):
@@ -184,7 +188,10 @@ def tokens_per_s(metrics: Path) -> float | None:
             prev = rec["step"]
             steps += n
             seconds_per_token_step += n / rec["tokens_per_s"]
-    return steps / seconds_per_token_step if seconds_per_token_step else None
+            windows.append(rec["tokens_per_s"])
+    if not windows:
+        return None, None
+    return steps / seconds_per_token_step, statistics.median(windows)
 
 
 def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
@@ -220,7 +227,7 @@ def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
         **count_params(trainer.model),
         "steps": summary["step"], "stop": summary["stop"], "train_seconds": summary["train_seconds"],
         "wall_seconds": round(wall, 1),
-        "tokens_per_s": tokens_per_s(trainer.out_dir / "metrics.jsonl"),
+        **dict(zip(("tokens_per_s", "tokens_per_s_median"), tokens_per_s(trainer.out_dir / "metrics.jsonl"))),
         **{k: summary[k] for k in ("val_loss", "val_accuracy", "val_perplexity", "val_k_mean") if k in summary},
         "memory": memory, "peak_bytes": peak, "saved_bytes": saved, "device": str(trainer.device),
     }
@@ -366,7 +373,7 @@ def run(args, out, err) -> int:
                   else f"{r['val_perplexity']:.2f}" if "val_perplexity" in r else "-")
         table.add_row(
             Path(r["recipe"]).stem, r["model"] + width, _si(r["params"]), _si(r["non_embedding"]), f"{r['steps']}{early(r)}",
-            _si(r["tokens_per_s"]) if r["tokens_per_s"] else "-", f"{r['val_loss']:.4f}", metric,
+            f"{_si(r['tokens_per_s'])} ({_si(r['tokens_per_s_median'])})" if r.get("tokens_per_s") else "-", f"{r['val_loss']:.4f}", metric,
             f"{r['val_k_mean']:.2f}" if "val_k_mean" in r else "-",
             f"{r['peak_bytes'] / 2**20:.0f}M" if r["peak_bytes"] is not None else "n/a", f"{r['saved_bytes'] / 2**20:.1f}M",
         )
@@ -377,7 +384,7 @@ def run(args, out, err) -> int:
     if any(early(r) for r in result["runs"]):
         out.print("* reached the recipe's train.max_steps (which also sets the LR schedule) before the time budget", highlight=False)
     out.print(f"{peak}; saved: bytes autograd keeps for one training step at the full K budget; tok/s: training "
-              f"tokens per second, setup and final evaluation excluded; K: mean K at evaluation; M = MiB", highlight=False)
+              f"tokens per second over the run (median logged window), setup and final evaluation excluded; K: mean K at evaluation; M = MiB", highlight=False)
     return 0
 
 

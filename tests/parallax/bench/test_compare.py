@@ -32,7 +32,6 @@ def pair(tmp_path):
     return paths
 
 
-@pytest.mark.slow
 def test_trains_each_recipe_and_reports_the_same_budget(pair, tmp_path, capsys):
     out = tmp_path / "cmp"
     rc = main(["bench", "compare", *map(str, pair), "--steps", "3", "--out", str(out), "--json"])
@@ -49,7 +48,7 @@ def test_trains_each_recipe_and_reports_the_same_budget(pair, tmp_path, capsys):
             model = build_model(recipe.model, DataInfo(vocab_size=16), get_registry())
         assert row["params"] == sum(p.numel() for p in model.parameters())
         assert row["embedding"] + row["non_embedding"] == row["params"] and row["embedding"] > 0
-        assert row["tokens_per_s"] > 0 and row["saved_bytes"] > 0
+        assert row["tokens_per_s"] > 0 and row["tokens_per_s_median"] > 0 and row["saved_bytes"] > 0
         assert row["memory"] == "cpu_peak_rss_growth" and row["peak_bytes"] is not None
         assert 0 <= row["val_accuracy"] <= 1 and row["val_loss"] > 0
         # the run went under --out, and the recipe's own out_dir was left alone
@@ -61,8 +60,8 @@ def test_trains_each_recipe_and_reports_the_same_budget(pair, tmp_path, capsys):
 
 def test_table_names_every_column_and_what_memory_means(monkeypatch, pair, capsys):
     row = {"params": 195588, "embedding": 8192, "non_embedding": 187396, "steps": 10, "stop": "max_steps",
-           "train_seconds": 1.0, "tokens_per_s": 12345.0, "val_loss": 0.5, "val_accuracy": 0.875,
-           "memory": "cpu_peak_rss_growth", "peak_bytes": 3 * 2**20, "saved_bytes": 2**20}
+           "train_seconds": 1.0, "tokens_per_s": 12345.0, "tokens_per_s_median": 23456.0, "val_loss": 0.5,
+           "val_accuracy": 0.875, "memory": "cpu_peak_rss_growth", "peak_bytes": 3 * 2**20, "saved_bytes": 2**20}
     fake = {"device": "cpu", "budget": {"minutes": 5.0}, "overrides": [], "seed": 0, "runs": [
         {"recipe": str(pair[0]), "model": "cws", **row, "val_k_mean": 7.25},
         {"recipe": str(pair[1]), "model": "transformer", "matched": {"key": "model.n_embd", "width": 128}, **row}]}
@@ -71,7 +70,7 @@ def test_table_names_every_column_and_what_memory_means(monkeypatch, pair, capsy
     assert main(["bench", "compare", *map(str, pair), "--minutes", "5"]) == 0
     text = capsys.readouterr().out
     assert text.count("10*") == 1
-    for needle in ("reached the recipe's train.max_steps", "budget 5.0 min", "195.6k", "187.4k", "12.3k", "87.5%",
+    for needle in ("reached the recipe's train.max_steps", "budget 5.0 min", "195.6k", "187.4k", "12.3k (23.5k)", "87.5%",
                    "7.25", "transformer n_embd=128", "RSS+", "3M", "growth of the peak resident set"):
         assert needle in text, needle
 
@@ -93,6 +92,15 @@ def test_match_params_picks_the_valid_width_nearest_the_target(pair):
     for w in (m["width"] - 4, m["width"] + 4):
         assert abs(params(w) - target) >= abs(m["params"] - target)
     assert compare.match_width(str(pair[0]), [], target, "total", registry) is None  # the CWS is not rescaled
+
+    def non_emb(width):
+        cfg = Transformer.Config(**{**TINY_TRANSFORMER, "n_embd": width})
+        return compare.count_params(Transformer(cfg, info))["non_embedding"]
+
+    n = compare.match_width(str(pair[1]), [], target, "non_embedding", registry)
+    assert n["on"] == "non_embedding" and n["params"] == non_emb(n["width"])
+    for w in (n["width"] - 4, n["width"] + 4):
+        assert abs(non_emb(w) - target) >= abs(n["params"] - target)
 
 
 def test_match_target_grammar():
@@ -117,7 +125,9 @@ def test_tokens_per_s_weights_each_window_by_its_steps(tmp_path):
             {"step": 40, "loss": 1.0, "tokens_per_s": 300.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     # 10 steps at 100 tok/s, then 30 at 300 tok/s (the evaluation record between is not a window)
-    assert compare.tokens_per_s(path) == pytest.approx(40 / (10 / 100 + 30 / 300)) == 200
+    overall, median = compare.tokens_per_s(path)
+    assert overall == pytest.approx(40 / (10 / 100 + 30 / 300)) == 200
+    assert median == 200.0  # of the two windows, 100 and 300
 
 
 @pytest.mark.parametrize("argv, needle", [
