@@ -19,3 +19,9 @@ def build_k_loop_model(recipe, bench: str):
     if not hasattr(model, "halting"):
         raise ConfigError(f"model.type: bench {bench} needs a model with a K loop, not '{recipe.model.type}'")
     return registry, device, data, model
+
+
+def widen(console, width: int = 132) -> None:
+    """Let a table printed to a pipe or file keep its columns whole (a terminal keeps its own width)."""
+    if not console.is_terminal:
+        console.width = max(console.width, width)

@@ -226,6 +226,14 @@ def cmd_bench(args, out: Console, err: Console) -> int:
         from ..bench.ablation import run
 
         return run(args, out, err)
+    if args.bench == "compare":
+        from ..bench.compare import run
+
+        return run(args, out, err)
+    if args.bench == "dynamics":
+        from ..bench.dynamics import run
+
+        return run(args, out, err)
     if args.bench == "generate":
         from ..bench.generate import run
 

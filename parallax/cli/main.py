@@ -126,6 +126,24 @@ def build_parser() -> Parser:
                    help="fractions of entries to leave out (default 0.25 0.5 0.9)")
     a.add_argument("--seeds", type=int, nargs="+", default=[0], help="which random subsets (default 0)")
     a.add_argument("--json", action="store_true")
+    cb = bsub.add_parser("compare", help="train recipes under one budget, side by side: params, tokens/s, validation, memory, K")
+    cb.add_argument("items", nargs="+", metavar="RECIPE_OR_OVERRIDE",
+                    help="recipe files or built-in names, then key=value / ~key overrides applied to every recipe")
+    budget = cb.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="train each recipe for N optimizer steps")
+    budget.add_argument("--minutes", type=float, default=None, help="train each recipe for M minutes of wall time")
+    cb.add_argument("--match-params", nargs="?", const=None, default=False, metavar="TARGET",
+                    help="scale each baseline's width to TARGET parameters: N, Nx (N times the first recipe's), "
+                         "or (no value) the first recipe's count")
+    cb.add_argument("--match-on", choices=["total", "non-embedding"], default="total",
+                    help="which parameter count --match-params matches (default total)")
+    cb.add_argument("--out", default=None, help="keep the runs in this folder (default: a temporary folder, removed after)")
+    cb.add_argument("--json", action="store_true")
+    db = bsub.add_parser("dynamics", help="how a trained CWS's state moves per K step: monotone contraction or oscillation")
+    db.add_argument("run_dir", help="a trained CWS run's out_dir or step-XXXXXXXX/ folder")
+    db.add_argument("--k", type=int, default=None, help="steps to follow (default: the run's k_max)")
+    db.add_argument("--batches", type=int, default=2, help="validation batches (default 2)")
+    db.add_argument("--json", action="store_true")
     gb = bsub.add_parser("generate", help="seconds per token, cached incremental decoding vs recomputing the prefix")
     gb.add_argument("run_dir", help="a text run's out_dir or step-XXXXXXXX/ folder")
     gb.add_argument("--context", type=int, default=256, help="prefix length before the timed tokens (default 256)")

@@ -1,0 +1,415 @@
+"""``parallax bench compare``: train several recipes under one budget and report them side by side.
+
+Every recipe runs with the same overrides, budget (``--steps N`` or ``--minutes M``), seed and data
+(checked before anything trains), each in a fresh process through the same ``Trainer`` that
+``parallax run`` uses, so one run's allocator state and warm caches do not leak into the next.
+Runs are written under ``--out`` (or a temporary folder), never into a recipe's own ``out_dir``.
+Validation runs once, at the end; intermediate evaluations and checkpoints are turned off so that
+they do not eat the budget (an override can turn them back on).
+
+Reported for each recipe:
+- ``params``, split into ``embedding`` (``nn.Embedding`` tables; a tied head is counted there once)
+  and ``non_embedding`` (everything else);
+- ``tokens_per_s``: training input tokens per second over the logged windows (setup and the final
+  evaluation excluded), and ``tokens_per_s_median``, the median window (robust to a stall when
+  another job takes the cores for a while);
+- the final evaluation: ``val_loss`` and ``val_accuracy`` or ``val_perplexity``, and ``val_k_mean``
+  for a model with a K loop (K budget ``k_max`` at evaluation);
+- ``peak_bytes``, measured from the moment the data and the model are built to the end of training:
+  on CUDA, the peak allocated memory (``memory: cuda_peak_allocated``, weights included); on CPU,
+  the growth of the process's peak resident set (``memory: cpu_peak_rss_growth``: optimizer state,
+  activations and allocator overhead, as the OS sees them);
+- ``saved_bytes``: bytes autograd saves for backward in one training step of the trained model at
+  its full K budget (device-independent; the quantity ``bench memory`` tracks against K).
+
+``--match-params [TARGET]`` first scales the width (``n_embd`` or ``d_model``) of every baseline
+(every recipe after the first whose model is not the CWS) to the valid width whose parameter count
+is nearest TARGET: an integer, ``Nx`` (N times the first recipe's count), or by default the first
+recipe's count. ``--match-on`` chooses the total or the non-embedding count.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+
+from ..errors import ConfigError, TrainingError
+from . import widen
+
+WIDTH_KEYS = ("n_embd", "d_model")
+RESULT_FILE = "compare.json"
+
+
+# -- parameters ----------------------------------------------------------------------------------
+def count_params(model: torch.nn.Module) -> dict:
+    """``{"params", "embedding", "non_embedding"}``; shared tensors (a tied head) are counted once."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    total = emb = 0
+    for p in model.parameters():  # parameters() yields each shared tensor once
+        total += p.numel()
+        emb += p.numel() if id(p) in tables else 0
+    return {"params": total, "embedding": emb, "non_embedding": total - emb}
+
+
+def _info(recipe, registry):
+    from ..trainer import build_data
+
+    with torch.device("meta"):
+        return build_data(recipe, registry).info
+
+
+def recipe_params(recipe, info, registry) -> dict:
+    """Parameter counts of a recipe's model, built on the meta device (nothing is allocated)."""
+    from ..model import build_model
+
+    with torch.device("meta"):
+        return count_params(build_model(recipe.model, info, registry))
+
+
+def parse_target(text: str | None, reference: int) -> int:
+    """``None`` -> the reference count; ``"2x"`` / ``"1.5x"`` -> a multiple of it; ``"400000"`` -> itself."""
+    if text is None:
+        return reference
+    try:
+        value = float(text[:-1]) * reference if text.lower().endswith("x") else float(text)
+    except ValueError:
+        raise ConfigError(f"--match-params: '{text}' is not a parameter count (e.g. 400000) or a multiple (e.g. 2x)") from None
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"--match-params: '{text}' must give a positive parameter count")
+    return int(round(value))
+
+
+def match_width(ref: str, overrides: list[str], target: int, on: str, registry) -> dict | None:
+    """The width of ``ref``'s model whose ``on`` count ('total' or 'non_embedding') is nearest ``target``.
+
+    Returns ``{"key", "width", "params", "target", "on"}``, or None when the model has no width option.
+    Widths that the model's Config rejects (heads that do not divide it, odd RoPE head widths) are
+    skipped; the count grows with the width, so the nearest valid width is found by bisection.
+    """
+    from ..recipe import load_recipe
+
+    recipe = load_recipe(ref, overrides, registry)
+    fields = type(recipe.model).model_fields
+    key = next((k for k in WIDTH_KEYS if k in fields), None)
+    if key is None or recipe.model.type == "cws":
+        return None
+    info = _info(recipe, registry)
+    field = "params" if on == "total" else "non_embedding"  # on: total | non_embedding
+
+    def count(width: int) -> int | None:
+        try:
+            r = load_recipe(ref, [*overrides, f"model.{key}={width}"], registry)
+        except ConfigError:
+            return None
+        return recipe_params(r, info, registry)[field]
+
+    valid = [w for w in range(1, 8193) if _valid(recipe.model, key, w)]
+    lo, hi = 0, len(valid) - 1
+    while lo < hi:  # first valid width whose count reaches the target
+        mid = (lo + hi) // 2
+        c = count(valid[mid])
+        if c is not None and c >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    options = [w for w in valid[max(lo - 1, 0): lo + 1]]
+    best = min(options, key=lambda w: abs((count(w) or 0) - target))
+    return {"key": f"model.{key}", "width": best, "params": count(best), "target": target, "on": on}
+
+
+def _valid(cfg, key: str, width: int) -> bool:
+    try:
+        type(cfg).model_validate({**cfg.model_dump(), key: width})
+    except ValueError:
+        return False
+    return True
+
+
+# -- one training run, in its own process ----------------------------------------------------------
+def _rss() -> tuple[int | None, int | None]:
+    """(current, peak) resident set of this process in bytes, from /proc (Linux); None elsewhere."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None, None
+
+
+def _reset_peak_rss() -> None:
+    try:  # "5" resets the peak resident set (VmHWM) to the current one (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def saved_bytes(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, autocast) -> int:
+    """Bytes of the distinct tensors autograd saves for backward in one training step."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        seen.setdefault(key, t.numel() * t.element_size())
+        return t
+
+    model.train()
+    kw = {"k_max": model.k_max} if hasattr(model, "k_max") else {}  # the full K budget
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast():
+        out = model(inputs, **kw)
+        loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def tokens_per_s(metrics: Path) -> tuple[float | None, float | None]:
+    """Training tokens/s from metrics.jsonl: (over the whole run, median of the logged windows).
+
+    Each training record holds the tokens/s of the window since the previous one, so a window of n
+    steps took n / tokens_per_s of per-step time, and the run's rate is total steps over total time
+    (the tokens per step cancel out). The median window is the rate with the machine's stalls
+    (another job taking the cores for a while) left out."""
+    steps = seconds_per_token_step = 0.0
+    prev, windows = 0, []
+    for line in metrics.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if "loss" in rec and rec.get("tokens_per_s"):
+            n = rec["step"] - prev
+            prev = rec["step"]
+            steps += n
+            seconds_per_token_step += n / rec["tokens_per_s"]
+            windows.append(rec["tokens_per_s"])
+    if not windows:
+        return None, None
+    return steps / seconds_per_token_step, statistics.median(windows)
+
+
+def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
+    """Train one recipe (in this process) and write its row of the comparison to ``result``."""
+    from rich.console import Console
+
+    from ..recipe import load_recipe
+    from ..trainer import Trainer
+
+    trainer = Trainer(load_recipe(recipe_ref, overrides), console=Console(stderr=True, soft_wrap=True))
+    setup, rss0 = trainer._setup, [None]
+
+    def setup_then_mark() -> None:  # memory is measured from here: data and model are built
+        setup()
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        _reset_peak_rss()
+        rss0[0] = _rss()[0]
+
+    trainer._setup = setup_then_mark
+    t0 = time.perf_counter()
+    summary = trainer.fit()
+    wall = time.perf_counter() - t0
+    if trainer.device.type == "cuda":
+        memory, peak = "cuda_peak_allocated", torch.cuda.max_memory_allocated(trainer.device)
+    else:
+        _, hwm = _rss()
+        memory, peak = "cpu_peak_rss_growth", (hwm - rss0[0]) if hwm is not None and rss0[0] is not None else None
+    batch = trainer.data.batch(1)
+    saved = saved_bytes(trainer.model, batch["inputs"].to(trainer.device), batch["targets"].to(trainer.device),
+                        trainer.autocast)
+    row = {
+        **count_params(trainer.model),
+        "steps": summary["step"], "stop": summary["stop"], "train_seconds": summary["train_seconds"],
+        "wall_seconds": round(wall, 1),
+        **dict(zip(("tokens_per_s", "tokens_per_s_median"), tokens_per_s(trainer.out_dir / "metrics.jsonl"))),
+        **{k: summary[k] for k in ("val_loss", "val_accuracy", "val_perplexity", "val_k_mean") if k in summary},
+        "memory": memory, "peak_bytes": peak, "saved_bytes": saved, "device": str(trainer.device),
+    }
+    result.write_text(json.dumps(row))
+    return row
+
+
+def _train_in_child(recipe_ref: str, overrides: list[str], run_dir: Path, err) -> dict:
+    result = run_dir / RESULT_FILE
+    spec = json.dumps({"recipe": recipe_ref, "overrides": overrides, "result": str(result)})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "parallax.bench.compare", spec], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    last = ""
+    for line in proc.stderr:  # the run's log, passed through as it comes
+        last = line.strip() or last
+        err.print(f"[dim]{run_dir.name}[/] {line.rstrip()}", highlight=False)
+    if proc.wait() != 0 or not result.is_file():
+        reason = last.removeprefix("parallax: error: ") if last else f"exit status {proc.returncode}"
+        raise TrainingError(f"{recipe_ref}: training failed: {reason}")
+    return json.loads(result.read_text())
+
+
+# -- the comparison ------------------------------------------------------------------------------------
+def budget_overrides(steps: int | None, minutes: float | None) -> list[str]:
+    """The budget as overrides. With --minutes the recipe's max_steps stays: it sets the LR schedule,
+    and a run that reaches it first stops there (the table marks it; raise it with train.max_steps=N)."""
+    if steps is not None:
+        return [f"train.max_steps={steps}", "train.max_minutes=null"]
+    if minutes is not None:
+        return [f"train.max_minutes={minutes}"]
+    return []
+
+
+def _same_seed_and_data(recipes: list, refs: list[str]) -> None:
+    first = recipes[0]
+    for ref, r in zip(refs[1:], recipes[1:]):
+        if r.seed != first.seed:
+            raise ConfigError(f"{ref}: seed {r.seed} differs from {refs[0]}'s {first.seed}; pass seed=N to use one seed for all")
+        a = first.data.model_dump(mode="json", serialize_as_any=True)
+        b = r.data.model_dump(mode="json", serialize_as_any=True)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            k = diff[0]
+            raise ConfigError(f"{ref}: data.{k} is {b.get(k)!r} but {refs[0]} has {a.get(k)!r}; the recipes must share "
+                              f"their data block (override data.{k}=... for all)")
+
+
+def measure(refs: list[str], overrides: list[str], steps: int | None = None, minutes: float | None = None,
+            out: str | Path | None = None, match: str | None | bool = False, match_on: str = "total", err=None) -> dict:
+    """Train every recipe in ``refs`` under one budget; return ``{"device", "budget", "runs": [...]}``.
+
+    ``match``: False leaves widths alone; None matches the first recipe's count; a string is a
+    ``--match-params`` TARGET. Every recipe and override is validated before anything trains."""
+    from rich.console import Console
+
+    from ..recipe import load_recipe
+    from ..registry import get_registry
+    from ..trainer import resolve_device
+
+    err = err or Console(stderr=True)
+    if steps is not None and steps < 1:
+        raise ConfigError("--steps: must be at least 1")
+    if minutes is not None and not minutes > 0:
+        raise ConfigError("--minutes: must be positive")
+    registry = get_registry()
+    quiet = ["train.eval_every=1000000000", "train.save_every=1000000000", "train.progress=false"]
+    base = [*quiet, *budget_overrides(steps, minutes), *overrides]
+    recipes = []
+    for ref in refs:
+        try:
+            recipes.append(load_recipe(ref, base, registry))
+        except ConfigError as e:
+            raise ConfigError(f"{ref}: {e}" if not str(e).startswith(ref) else str(e)) from None
+    _same_seed_and_data(recipes, refs)
+
+    per_recipe = [list(base) for _ in refs]
+    matched: list[dict | None] = [None] * len(refs)
+    if match is not False:
+        ref_counts = recipe_params(recipes[0], _info(recipes[0], registry), registry)
+        target = parse_target(match, ref_counts["params" if match_on == "total" else "non_embedding"])
+        for i, ref in enumerate(refs[1:], 1):
+            matched[i] = match_width(ref, base, target, match_on, registry)
+            if matched[i]:
+                per_recipe[i].append(f"{matched[i]['key']}={matched[i]['width']}")
+        if not any(matched):
+            raise ConfigError("--match-params: no recipe after the first has a baseline model with a width option (n_embd or d_model) to scale")
+
+    root = Path(out) if out else Path(tempfile.mkdtemp(prefix="parallax-compare-"))
+    root.mkdir(parents=True, exist_ok=True)
+    names = _run_names(refs)
+    runs = []
+    try:
+        for ref, name, recipe_overrides, m in zip(refs, names, per_recipe, matched):
+            run_dir = root / name
+            row = _train_in_child(ref, [*recipe_overrides, f"out_dir={run_dir}"], run_dir, err)
+            runs.append({"recipe": ref, "model": load_recipe(ref, recipe_overrides, registry).model.type,
+                         **({"matched": m} if m else {}), **row, "run_dir": str(run_dir) if out else None})
+    finally:
+        if not out:
+            shutil.rmtree(root, ignore_errors=True)
+    budget = {"steps": steps} if steps is not None else {"minutes": minutes} if minutes is not None else {"recipe": True}
+    return {"device": str(resolve_device(recipes[0].train)), "budget": budget, "overrides": overrides,
+            "seed": recipes[0].seed, "runs": runs}
+
+
+def _run_names(refs: list[str]) -> list[str]:
+    names: list[str] = []
+    for ref in refs:
+        stem = Path(ref).stem
+        names.append(stem if stem not in names else f"{stem}-{len(names)}")
+    return names
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """Positional items -> (recipes, overrides): ``key=value`` and ``~key`` are overrides."""
+    is_override = ["=" in i or i.startswith("~") for i in items]
+    n = is_override.index(True) if True in is_override else len(items)
+    if any(is_override[n:]) and not all(is_override[n:]):
+        raise ConfigError("bench compare: give the recipes first, then the key=value overrides")
+    if n == 0:
+        raise ConfigError("bench compare: name at least one recipe (e.g. recipes/recall.yaml recipes/recall_transformer.yaml)")
+    return items[:n], items[n:]
+
+
+def run(args, out, err) -> int:
+    recipes, overrides = split_items(args.items)
+    result = measure(recipes, overrides, args.steps, args.minutes, args.out, args.match_params,
+                     args.match_on.replace("-", "_"), err)
+    if args.json:
+        out.out(json.dumps(result, indent=2), highlight=False)
+        return 0
+    memory = result["runs"][0]["memory"]
+    table = Table("recipe", "model", "params", "non-emb", "steps", "tok/s", "val loss", "acc/ppl", "K",
+                  "peak" if memory == "cuda_peak_allocated" else "RSS+", "saved",
+                  title=f"bench compare on {result['device']}, budget {_budget(result['budget'])}")
+    def early(r):  # under a time budget, a run may reach its recipe's max_steps first
+        return "*" if "minutes" in result["budget"] and r["stop"] == "max_steps" else ""
+
+    for r in result["runs"]:
+        width = f" {r['matched']['key'].split('.')[-1]}={r['matched']['width']}" if "matched" in r else ""
+        metric = (f"{r['val_accuracy']:.1%}" if "val_accuracy" in r
+                  else f"{r['val_perplexity']:.2f}" if "val_perplexity" in r else "-")
+        table.add_row(
+            Path(r["recipe"]).stem, r["model"] + width, _si(r["params"]), _si(r["non_embedding"]), f"{r['steps']}{early(r)}",
+            f"{_si(r['tokens_per_s'])} ({_si(r['tokens_per_s_median'])})" if r.get("tokens_per_s") else "-", f"{r['val_loss']:.4f}", metric,
+            f"{r['val_k_mean']:.2f}" if "val_k_mean" in r else "-",
+            f"{r['peak_bytes'] / 2**20:.0f}M" if r["peak_bytes"] is not None else "n/a", f"{r['saved_bytes'] / 2**20:.1f}M",
+        )
+    widen(out)
+    out.print(table)
+    peak = ("peak: torch.cuda.max_memory_allocated over training" if memory == "cuda_peak_allocated"
+            else "RSS+: growth of the peak resident set over the training loop (CPU)")
+    if any(early(r) for r in result["runs"]):
+        out.print("* reached the recipe's train.max_steps (which also sets the LR schedule) before the time budget", highlight=False)
+    out.print(f"{peak}; saved: bytes autograd keeps for one training step at the full K budget; tok/s: training "
+              f"tokens per second over the run (median logged window), setup and final evaluation excluded; K: mean K at evaluation; M = MiB", highlight=False)
+    return 0
+
+
+def _si(n: float) -> str:
+    """195588 -> '195.6k'."""
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _budget(b: dict) -> str:
+    return f"{b['steps']} steps" if "steps" in b else f"{b['minutes']} min" if "minutes" in b else "the recipes' own"
+
+
+if __name__ == "__main__":  # the child process of one comparison run
+    spec = json.loads(sys.argv[1])
+    try:
+        train_one(spec["recipe"], spec["overrides"], Path(spec["result"]))
+    except Exception as e:  # noqa: BLE001 - the parent reports the last line
+        import traceback
+
+        from ..errors import ParallaxError
+
+        if not isinstance(e, ParallaxError):  # a bug, not bad input: keep the traceback in the log
+            traceback.print_exc()
+        sys.stderr.write(f"parallax: error: {' '.join(str(e).split()) or type(e).__name__}\n")
+        sys.exit(2)
