@@ -155,16 +155,11 @@ def _reset_peak_rss() -> None:
 
 def saved_bytes(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, autocast) -> int:
     """Bytes of the distinct tensors autograd saves for backward in one training step."""
-    seen: dict[tuple, int] = {}
-
-    def pack(t: torch.Tensor):
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        seen.setdefault(key, t.numel() * t.element_size())
-        return t
+    from .memory import saved_for_backward
 
     model.train()
     kw = {"k_max": model.k_max} if hasattr(model, "k_max") else {}  # the full K budget
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast():
+    with saved_for_backward() as seen, autocast():
         out = model(inputs, **kw)
         loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
     loss.backward()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,21 @@ from rich.table import Table
 from ..errors import ConfigError
 from ..trainer import autocast_dtype, resolve_device
 from . import build_k_loop_model
+
+
+@contextmanager
+def saved_for_backward():
+    """Within the block, collect the distinct tensors autograd saves for backward; yields a dict
+    whose values are their sizes in bytes (a tensor saved twice is counted once)."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        seen.setdefault(key, t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield seen
 
 
 def measure(recipe, ks: list[int]) -> list[dict]:
@@ -33,20 +49,13 @@ def measure(recipe, ks: list[int]) -> list[dict]:
     inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
     rows = []
     for i, k in enumerate([ks[0], *ks]):  # the first is the warm-up
-        seen: dict[tuple, int] = {}
-
-        def pack(t: torch.Tensor):
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-            seen.setdefault(key, t.numel() * t.element_size())
-            return t
-
         model.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved_for_backward() as seen:
             with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
                 out = model(inputs, k_max=k)
                 loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
