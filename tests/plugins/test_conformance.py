@@ -54,7 +54,7 @@ ARGS = {
 }
 
 
-@pytest.mark.parametrize("kind,name,options", cases())
+@pytest.mark.parametrize("kind,name,options", list(cases()))
 def test_builtin_component_conforms(kind, name, options):
     CHECK[kind](name, options, **ARGS.get((kind, name), {}))
 
