@@ -17,7 +17,7 @@ from torch import nn
 
 from parallax import DataInfo, ModelOutput, RMSNorm, rope_angles
 
-from .transformer import Block, TransformerOptions, head_logits, init_weights, require_vocab
+from .transformer import Block, TransformerOptions, build_io, embed, head_logits, init_weights
 
 
 class DualTrack(nn.Module):
@@ -36,19 +36,18 @@ class DualTrack(nn.Module):
     def __init__(self, cfg: "DualTrack.Config", info: DataInfo, registry=None):
         super().__init__()
         self.cfg = cfg
-        V, d = require_vocab(info, "dualtrack"), cfg.n_embd
+        d = cfg.n_embd
 
         def track() -> nn.ModuleList:
             return nn.ModuleList(
                 Block(d, cfg.n_head, cfg.n_kv_heads, cfg.hidden, cfg.norm_eps, cfg.dropout) for _ in range(cfg.n_layer)
             )
 
-        self.tok = nn.Embedding(V, d)
+        # tied: the head reads the embedding table, which is then saved once in checkpoints
+        build_io(self, cfg, info, registry, "dualtrack")
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.track_a, self.track_b = track(), track()
         self.norm = RMSNorm(d, eps=cfg.norm_eps)
-        # tied: the head reads the embedding table, which is then saved once in checkpoints
-        self.head = None if cfg.tie else nn.Linear(d, V, bias=False)
         init_weights(self)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -63,10 +62,9 @@ class DualTrack(nn.Module):
         return h
 
     def forward(self, inputs: torch.Tensor) -> ModelOutput:
-        B, T = inputs.shape
-        pos = torch.arange(T, device=inputs.device)
+        x = self.drop(embed(self, inputs))  # (B,T,d)
+        pos = torch.arange(x.shape[1], device=inputs.device)
         cos, sin = rope_angles(pos, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (T,hd/2)
-        x = self.drop(self.tok(inputs))  # (B,T,d)
         in_a = in_b = x
         for i in range(self.cfg.num_loops):
             out_a = self.run_track(self.track_a, in_a, cos, sin)  # (B,T,d)

@@ -6,6 +6,10 @@ key/value heads, hd = d // H per-head width.
 tokens (B,T) -> embedding (B,T,d) -> n_layer pre-norm blocks (GQA attention with RoPE, SwiGLU MLP)
 -> RMSNorm -> head (B,T,V), the head sharing the embedding table when ``tie`` is set.
 
+A recipe may replace the embedding with any encoder plugin and the head with any decoder plugin
+(``encoder: {type: image, patch: 4}``, ``decoder: {type: classifier}``): the components the CWS
+uses, so the baseline runs on every modality the CWS does.
+
 ``step`` is the incremental path used for generation: one new token per call, with a KV cache
 holding every layer's rotated keys and values for the positions already seen.
 """
@@ -20,6 +24,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from parallax import ConfigError, DataInfo, ModelOutput, RMSNorm, Spec, apply_rope, rope_angles
+from parallax.model import build_component
+from parallax.schema import Component
 
 
 def default_mlp_hidden(n_embd: int) -> int:
@@ -108,6 +114,10 @@ class TransformerOptions(Spec):
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
     tie: bool = Field(True, description="share the token embedding table with the output head")
+    encoder: Component("encoders") | None = Field(  # type: ignore[valid-type]
+        None, description="an encoder plugin in place of the token embedding, e.g. {type: image, patch: 4}")
+    decoder: Component("decoders") | None = Field(  # type: ignore[valid-type]
+        None, description="a decoder plugin in place of the output head, e.g. {type: classifier}")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -126,20 +136,51 @@ class TransformerOptions(Spec):
 
 def require_vocab(info: DataInfo, model: str) -> int:
     if not info.vocab_size:
-        raise ConfigError(f"model.type: {model} is a language model and needs token data with a vocabulary; use a token data source")
+        raise ConfigError(
+            f"model.type: {model} reads tokens by default and this data has no vocabulary; give it an encoder and a "
+            f"decoder for this data (e.g. model.encoder={{type: image, patch: 4}} model.decoder={{type: classifier}})"
+        )
     return info.vocab_size
 
 
+def build_io(model: nn.Module, cfg: TransformerOptions, info: DataInfo, registry, name: str) -> None:
+    """Give ``model`` its input and output: ``encoder`` or the token table ``tok``, and ``decoder``
+    or the LM ``head`` (None when tied to the token table)."""
+    d = cfg.n_embd
+    model.encoder = build_component("encoders", cfg.encoder, d, info, registry) if cfg.encoder else None
+    model.tok = None if model.encoder is not None else nn.Embedding(require_vocab(info, name), d)
+    model.decoder = build_component("decoders", cfg.decoder, d, info, registry) if cfg.decoder else None
+    if model.decoder is not None:
+        model.head = None
+        return
+    V = require_vocab(info, name)
+    tied = cfg.tie and (model.tok is not None or hasattr(model.encoder, "tied_weight"))
+    model.head = None if tied else nn.Linear(d, V, bias=False)
+
+
+def embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """inputs -> x (B,T,d), through the encoder plugin or the token table."""
+    return model.tok(inputs) if model.encoder is None else model.encoder(inputs)
+
+
 def init_weights(module: nn.Module) -> None:
-    """Normal(0, 0.02) for linear and embedding weights, as in GPT-2."""
-    for m in module.modules():
+    """Normal(0, 0.02) for linear and embedding weights, as in GPT-2; encoder and decoder plugins
+    keep their own initialisation."""
+    for name, m in module.named_modules():
+        if name.split(".")[0] in ("encoder", "decoder"):
+            continue
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
 
 def head_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """(B,T,d) -> (B,T,V) through ``model.head``, or through ``model.tok``'s table when tied."""
-    return F.linear(h, model.tok.weight) if model.head is None else model.head(h)
+    """h (B,T,d) -> logits: the decoder plugin's, ``model.head``'s (B,T,V), or the tied token table's."""
+    if model.decoder is not None:
+        return model.decoder(h)
+    if model.head is not None:
+        return model.head(h)
+    table = model.tok.weight if model.tok is not None else model.encoder.tied_weight
+    return F.linear(h, table)  # (B,T,V)
 
 
 @dataclass
@@ -151,7 +192,8 @@ class KVCache:
 
 
 class Transformer(nn.Module):
-    """Decoder-only transformer LM. ``forward(inputs (B,T)) -> ModelOutput(logits (B,T,V), k=None)``."""
+    """Decoder-only transformer. ``forward(inputs (B,T)) -> ModelOutput(logits (B,T,V), k=None)``; with
+    encoder and decoder plugins, whatever they read and write (e.g. images (B,C,H,W) -> logits (B,C))."""
 
     class Config(TransformerOptions):
         type: str = "transformer"
@@ -159,14 +201,13 @@ class Transformer(nn.Module):
     def __init__(self, cfg: "Transformer.Config", info: DataInfo, registry=None):
         super().__init__()
         self.cfg = cfg
-        V, d = require_vocab(info, "transformer"), cfg.n_embd
-        self.tok = nn.Embedding(V, d)
+        d = cfg.n_embd
+        # tied: the head reads the embedding table, which is then saved once in checkpoints
+        build_io(self, cfg, info, registry, "transformer")
         self.blocks = nn.ModuleList(
             Block(d, cfg.n_head, cfg.n_kv_heads, cfg.hidden, cfg.norm_eps) for _ in range(cfg.n_layer)
         )
         self.norm = RMSNorm(d, eps=cfg.norm_eps)
-        # tied: the head reads the embedding table, which is then saved once in checkpoints
-        self.head = None if cfg.tie else nn.Linear(d, V, bias=False)
         init_weights(self)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -178,9 +219,8 @@ class Transformer(nn.Module):
         return rope_angles(pos, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)  # (T,hd/2) each
 
     def forward(self, inputs: torch.Tensor) -> ModelOutput:
-        B, T = inputs.shape
-        cos, sin = self._rope(0, T, inputs.device)
-        x = self.tok(inputs)  # (B,T,d)
+        x = embed(self, inputs)  # (B,T,d)
+        cos, sin = self._rope(0, x.shape[1], inputs.device)
         for blk in self.blocks:
             x, _ = blk(x, cos, sin)  # (B,T,d)
         return ModelOutput(logits=self.logits(self.norm(x)), k=None)  # (B,T,V)
@@ -190,6 +230,9 @@ class Transformer(nn.Module):
         """Feed one new token per row: ``tokens_t (B,1)`` and the cache from earlier calls (None to
         start) -> ``(logits (B,1,V), cache)``. The logits equal ``forward`` on the whole sequence at
         that position; the cache holds every layer's rotated keys and values seen so far."""
+        if self.tok is None or self.decoder is not None:
+            raise ConfigError("model: incremental decoding needs the token embedding and the LM head; "
+                              "remove model.encoder and model.decoder to generate")
         cache = cache or KVCache(layers=[None] * len(self.blocks))
         cos, sin = self._rope(cache.pos, 1, tokens_t.device)
         x = self.tok(tokens_t)  # (B,1,d)

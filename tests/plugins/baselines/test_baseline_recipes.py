@@ -1,9 +1,9 @@
-"""The shipped baseline recipes train as they are, on every modality where a language model makes sense.
+"""The shipped baseline recipes train as they are, on every modality the CWS trains on.
 
 Text (tinystories) and synthetic recall are token sequences: each baseline recipe trains a few
-steps and its validation loss is finite and below a uniform guess. Digits are images with no
-vocabulary, so a language-model baseline is rejected there in one line (a patch classifier
-would be another model, not this baseline).
+steps and its validation loss is finite and below a uniform guess. Digits are images: a baseline
+reads them through the CWS's own image encoder and classifier decoder, and without them it says
+in one line what to add.
 """
 from __future__ import annotations
 
@@ -52,9 +52,27 @@ def test_recall_baselines_train_as_shipped(name, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model", ["transformer", "dualtrack"])
-def test_digits_is_not_a_language_model_task(model, tmp_path, capsys):
+def test_baselines_without_an_image_encoder_say_what_to_add_on_digits(model, tmp_path, capsys):
     rc = main(["validate", str(ROOT / "digits.yaml"), "~model", f"model={{type: {model}, n_embd: 16, n_head: 2, n_kv_heads: 1}}",
                f"out_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"model.type: {model} is a language model" in err and "token data" in err, err
+    assert f"model.type: {model} reads tokens" in err and "model.encoder={type: image" in err, err
+
+
+@pytest.mark.parametrize("model", ["transformer", "dualtrack"])
+def test_baselines_train_on_digits_through_the_image_encoder_and_classifier(model, tmp_path, capsys):
+    out = tmp_path / "run"
+    io = "encoder: {type: image, patch: 4}, decoder: {type: classifier, pool: mean, hidden: 16}"
+    rc = main(["run", str(ROOT / "digits.yaml"), "~model",
+               f"model={{type: {model}, n_layer: 1, n_embd: 16, n_head: 2, n_kv_heads: 1, {io}}}",
+               f"out_dir={out}", *SMALL])
+    assert rc == 0, capsys.readouterr().err
+    s = summary(out)
+    assert s["step"] == 3 and 0 <= s["val_accuracy"] <= 1 and math.isfinite(s["val_loss"])
+
+
+def test_the_shipped_digits_baseline_trains(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "digits_transformer.yaml"), f"out_dir={out}", *SMALL]) == 0, capsys.readouterr().err
+    assert summary(out)["step"] == 3

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import parallax
-from parallax import DataInfo
+from parallax import ConfigError, DataInfo
+from parallax.registry import get_registry
 from parallax_plugins.baselines.transformer import Transformer
 
 V = 23
@@ -72,3 +73,15 @@ def test_default_mlp_hidden_is_eight_thirds_rounded_up():
 def test_without_a_vocabulary_it_raises_a_config_error():
     with pytest.raises(parallax.ConfigError, match="vocabulary"):
         Transformer(Transformer.Config(n_head=4, n_kv_heads=2, n_embd=32), DataInfo(num_classes=10))
+
+
+def test_incremental_decoding_needs_the_token_embedding():
+    info = DataInfo(num_classes=3, input_shape=(1, 4, 4))
+    reg = get_registry()
+    enc = reg.get("encoders", "image").Config(type="image", patch=2)
+    dec = reg.get("decoders", "classifier").Config(type="classifier")
+    model = Transformer(Transformer.Config(n_layer=1, n_embd=16, n_head=2, n_kv_heads=1, encoder=enc, decoder=dec), info)
+    assert model.tok is None and model.head is None
+    assert model(torch.randn(2, 1, 4, 4)).logits.shape == (2, 3)  # 4 patches in, one class row per image out
+    with pytest.raises(ConfigError, match="incremental decoding needs the token embedding"):
+        model.step(torch.zeros(2, 1, dtype=torch.long))
