@@ -40,7 +40,8 @@ class DualTrack(nn.Module):
 
         def track() -> nn.ModuleList:
             return nn.ModuleList(
-                Block(d, cfg.n_head, cfg.n_kv_heads, cfg.hidden, cfg.norm_eps, cfg.dropout) for _ in range(cfg.n_layer)
+                Block(d, cfg.n_head, cfg.n_kv_heads, cfg.hidden, cfg.norm_eps, cfg.dropout, cfg.attention, cfg.block)
+                for _ in range(cfg.n_layer)
             )
 
         # tied: the head reads the embedding table, which is then saved once in checkpoints

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import nn
 from parallax import ConfigError, DataInfo, ModelOutput, RMSNorm, Spec, apply_rope, rope_angles
 from parallax.model import build_component
 from parallax.schema import Component
+from parallax_kernels.covariance_attention import covariance_attention
 
 
 def default_mlp_hidden(n_embd: int) -> int:
@@ -39,14 +41,20 @@ class Attention(nn.Module):
     ``forward(x (B,T,d), cos, sin (T,hd/2), past) -> (y (B,T,d), (k, v) each (B,G,T_past+T,hd))``.
     ``past`` is the (k, v) of earlier positions, or None; with a past, T must be 1 (one new
     position attends to all earlier ones, so no mask is needed).
+
+    ``variant: covariance`` is seed 004's covariance-corrected attention, out = mu_v - Cov_w(v, r·k)
+    with a learned probe r = W_r x per query head; W_r starts at zero, so training starts from
+    softmax attention (``parallax_kernels.covariance_attention``).
     """
 
-    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int):
+    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, variant: str = "softmax", block: int = 64):
         super().__init__()
         self.n_head, self.n_kv_heads, self.hd = n_head, n_kv_heads, n_embd // n_head
         self.wq = nn.Linear(n_embd, n_head * self.hd, bias=False)
         self.wkv = nn.Linear(n_embd, 2 * n_kv_heads * self.hd, bias=False)
         self.wo = nn.Linear(n_head * self.hd, n_embd, bias=False)
+        self.wr = nn.Linear(n_embd, n_head * self.hd, bias=False) if variant == "covariance" else None
+        self.block = block
 
     def forward(self, x, cos, sin, past=None):
         B, T, _ = x.shape
@@ -58,10 +66,15 @@ class Attention(nn.Module):
                 raise ValueError(f"incremental attention takes one position at a time, got T={T}")
             k = torch.cat([past[0], k], dim=2)  # (B,G,T_past+1,hd)
             v = torch.cat([past[1], v], dim=2)
-        # each group of H/G query heads shares one key/value head
-        rep = self.n_head // self.n_kv_heads
-        kq, vq = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B,H,T_kv,hd)
-        y = F.scaled_dot_product_attention(q, kq, vq, is_causal=past is None)  # (B,H,T,hd)
+        if self.wr is not None:
+            r = self.wr(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B,H,T,hd)
+            q_pos = torch.arange(k.shape[2] - T, k.shape[2], device=x.device)  # (T,) absolute query positions
+            y = covariance_attention(q, k, v, r, q_pos, block=self.block)  # (B,H,T,hd); GQA inside
+        else:
+            # each group of H/G query heads shares one key/value head
+            rep = self.n_head // self.n_kv_heads
+            kq, vq = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B,H,T_kv,hd)
+            y = F.scaled_dot_product_attention(q, kq, vq, is_causal=past is None)  # (B,H,T,hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B,T,d)
         return self.wo(y), (k, v)
 
@@ -87,10 +100,10 @@ class Block(nn.Module):
     """
 
     def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, mlp_hidden: int, norm_eps: float,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, attention: str = "softmax", block: int = 64):
         super().__init__()
         self.norm1 = RMSNorm(n_embd, eps=norm_eps)
-        self.attn = Attention(n_embd, n_head, n_kv_heads)
+        self.attn = Attention(n_embd, n_head, n_kv_heads, attention, block)
         self.norm2 = RMSNorm(n_embd, eps=norm_eps)
         self.mlp = SwiGLU(n_embd, mlp_hidden)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -114,6 +127,9 @@ class TransformerOptions(Spec):
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
     tie: bool = Field(True, description="share the token embedding table with the output head")
+    attention: Literal["softmax", "covariance"] = Field(
+        "softmax", description="softmax attention, or seed 004's covariance-corrected attention (mu_v - Cov_w(v, r·k))")
+    block: int = Field(64, ge=1, description="key block of the streaming covariance attention")
     encoder: Component("encoders") | None = Field(  # type: ignore[valid-type]
         None, description="an encoder plugin in place of the token embedding, e.g. {type: image, patch: 4}")
     decoder: Component("decoders") | None = Field(  # type: ignore[valid-type]
@@ -171,6 +187,9 @@ def init_weights(module: nn.Module) -> None:
             continue
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+    for m in module.modules():
+        if isinstance(m, Attention) and m.wr is not None:
+            nn.init.zeros_(m.wr.weight)  # r = 0: exact softmax attention at the start
 
 
 def head_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -205,7 +224,8 @@ class Transformer(nn.Module):
         # tied: the head reads the embedding table, which is then saved once in checkpoints
         build_io(self, cfg, info, registry, "transformer")
         self.blocks = nn.ModuleList(
-            Block(d, cfg.n_head, cfg.n_kv_heads, cfg.hidden, cfg.norm_eps) for _ in range(cfg.n_layer)
+            Block(d, cfg.n_head, cfg.n_kv_heads, cfg.hidden, cfg.norm_eps, 0.0, cfg.attention, cfg.block)
+            for _ in range(cfg.n_layer)
         )
         self.norm = RMSNorm(d, eps=cfg.norm_eps)
         init_weights(self)

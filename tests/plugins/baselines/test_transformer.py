@@ -36,8 +36,42 @@ def test_changing_a_later_token_leaves_earlier_logits_unchanged():
     assert not torch.allclose(a[:, t + 1], b[:, t + 1])
 
 
-def test_greedy_incremental_decoding_equals_full_recompute():
-    model = small(n_layer=3)
+def covariance(**kw) -> Transformer:
+    """A covariance-attention transformer whose probes W_r are non-zero, so the correction acts."""
+    model = small(attention="covariance", block=4, **kw)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.wr.weight.normal_(0, 0.3)
+    return model
+
+
+def test_covariance_attention_starts_as_softmax_attention():
+    soft, cov = small(), small(attention="covariance")
+    missing, unexpected = cov.load_state_dict(soft.state_dict(), strict=False)
+    assert sorted(missing) == [f"blocks.{i}.attn.wr.weight" for i in range(2)] and not unexpected
+    assert all(blk.attn.wr.weight.abs().sum() == 0 for blk in cov.blocks)  # W_r = 0 at initialisation
+    ids = torch.randint(0, V, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(cov(ids).logits, soft(ids).logits, rtol=1e-4, atol=1e-5)
+        for blk in cov.blocks:
+            blk.attn.wr.weight.normal_(0, 0.3)
+        assert not torch.allclose(cov(ids).logits, soft(ids).logits, atol=1e-3)  # the correction acts
+
+
+def test_covariance_attention_is_causal():
+    model = covariance()
+    ids = torch.randint(0, V, (2, 11))
+    changed = ids.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % V
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7], b[:, 7])
+
+
+@pytest.mark.parametrize("variant", ["softmax", "covariance"])
+def test_greedy_incremental_decoding_equals_full_recompute(variant):
+    model = small(n_layer=3) if variant == "softmax" else covariance(n_layer=3)
     prompt = torch.randint(0, V, (2, 3))
     # incremental: feed the prompt one token at a time, then 12 greedy tokens through the cache
     cache, logits = None, None
