@@ -21,6 +21,12 @@ def build_k_loop_model(recipe, bench: str):
     return registry, device, data, model
 
 
+def fixed_halting(registry=None):
+    """The ``fixed`` halting rule: every position takes the whole K budget it is given."""
+    cls = (registry or get_registry()).get("halting_rules", "fixed")
+    return cls(cls.Config(type="fixed"))
+
+
 def widen(console, width: int = 132) -> None:
     """Let a table printed to a pipe or file keep its columns whole (a terminal keeps its own width)."""
     if not console.is_terminal:

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..kloop import settle
-from . import widen
+from . import fixed_halting, widen
 
 RISE = 1.01  # a step "grows" when its movement exceeds the previous one by more than 1%
 
@@ -35,10 +35,7 @@ RISE = 1.01  # a step "grows" when its movement exceeds the previous one by more
 @torch.no_grad()
 def states(model, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``h_0..h_k`` stacked as (k+1,B,T,d), and the loop's raw movement trace (k-1,B,T) at budget k."""
-    from ..registry import get_registry
-
-    fixed_cls = get_registry().get("halting_rules", "fixed")
-    fixed = fixed_cls(fixed_cls.Config(type="fixed"))
+    fixed = fixed_halting()
     x = model.encoder(inputs)  # (B,T,d)
     positions = torch.arange(x.shape[1], device=x.device)  # (T,)
     contexts = [e.context(x) for e in model.experts]

@@ -23,12 +23,7 @@ from rich.table import Table
 from .. import checkpoint as ckpt
 from ..errors import ConfigError
 from ..generate import IncrementalState
-from . import build_k_loop_model
-
-
-def _fixed_rule(registry):
-    cls = registry.get("halting_rules", "fixed")
-    return cls(cls.Config(type="fixed"))
+from . import build_k_loop_model, fixed_halting
 
 
 def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: int = 5,
@@ -44,13 +39,13 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     else:
         inputs = [b["inputs"].to(device) for _, b in zip(range(batches), data.val_batches(batch_size))]
     tokens = sum(x.numel() for x in inputs)
-    adaptive, fixed = model.halting, _fixed_rule(registry)
+    adaptive, fixed = model.halting, fixed_halting(registry)
     k_max = model.k_max
 
-    def forward(x: torch.Tensor, k: int) -> tuple[float, int]:
-        """Mean K and position-steps computed, for one batch."""
+    def forward(x: torch.Tensor) -> tuple[float, int]:
+        """Mean K and position-steps computed, for one batch, at the model's current k_max."""
         if mode == "parallel":
-            out = model(x, k_max=k)
+            out = model(x)
             return out.k.float().mean().item(), out.stats["work"]
         state, ks = IncrementalState(model), []
         for t in range(x.shape[1]):
@@ -64,7 +59,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
         ks, work = [], 0
         with torch.no_grad():
             for x in inputs:
-                k_mean, w = forward(x, k)
+                k_mean, w = forward(x)
                 ks.append(k_mean)
                 work += w
         if device.type == "cuda":

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..trainer import autocast_dtype, resolve_device
-from . import build_k_loop_model
+from . import build_k_loop_model, fixed_halting
 
 
 @contextmanager
@@ -43,8 +43,7 @@ def saved_for_backward():
 def measure(recipe, ks: list[int]) -> list[dict]:
     registry, device, data, model = build_k_loop_model(recipe, "memory")
     amp = autocast_dtype(recipe.train, device)
-    fixed = registry.get("halting_rules", "fixed")(registry.get("halting_rules", "fixed").Config(type="fixed"))
-    model.halting = fixed
+    model.halting = fixed_halting(registry)
     batch = data.batch(1)
     inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
     rows = []

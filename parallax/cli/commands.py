@@ -1,6 +1,8 @@
 """The implementation of each ``parallax`` subcommand."""
 from __future__ import annotations
 
+import importlib
+
 import json
 import shutil
 from pathlib import Path
@@ -209,33 +211,11 @@ def cmd_generate(args, out: Console, err: Console) -> int:
     return 0
 
 
+BENCHMARKS = ("memory", "kernels", "halting", "ablation", "compare", "dynamics", "generate")  # parallax/bench/<name>.py
+
+
 def cmd_bench(args, out: Console, err: Console) -> int:
-    if args.bench == "memory":
-        from ..bench.memory import run
-
-        return run(args, out, err)
-    if args.bench == "kernels":
-        from ..bench.kernels import run
-
-        return run(args, out, err)
-    if args.bench == "halting":
-        from ..bench.halting import run
-
-        return run(args, out, err)
-    if args.bench == "ablation":
-        from ..bench.ablation import run
-
-        return run(args, out, err)
-    if args.bench == "compare":
-        from ..bench.compare import run
-
-        return run(args, out, err)
-    if args.bench == "dynamics":
-        from ..bench.dynamics import run
-
-        return run(args, out, err)
-    if args.bench == "generate":
-        from ..bench.generate import run
-
-        return run(args, out, err)
-    raise ConfigError(f"unknown benchmark '{args.bench}'")
+    if args.bench not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark '{args.bench}'; choose one of {', '.join(BENCHMARKS)}")
+    # imported on demand: a benchmark's dependencies (triton, torch.compile) load only when it runs
+    return importlib.import_module(f"parallax.bench.{args.bench}").run(args, out, err)
