@@ -25,6 +25,32 @@ import triton.language as tl
 
 
 @triton.jit
+def _tiles(n, S, H, DH, BS: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr):
+    """Offsets and masks of position n's three tiles: k, v (S,H,dh); cum, raw (S,H); q, out (H,dh)."""
+    s3 = tl.arange(0, BS)[:, None, None]
+    h3 = tl.arange(0, BH)[None, :, None]
+    d3 = tl.arange(0, BD)[None, None, :]
+    s2 = tl.arange(0, BS)[:, None]
+    h2 = tl.arange(0, BH)[None, :]
+    hq = tl.arange(0, BH)[:, None]
+    dq = tl.arange(0, BD)[None, :]
+    kv = n * S * H * DH + s3 * H * DH + h3 * DH + d3  # k, v (N,S,H,dh): one block per position
+    c_off = n * H * S + h2 * S + s2  # cum, raw (N,H,S) read as (S,H)
+    q_off = n * H * DH + hq * DH + dq  # q, out (N,H,dh)
+    m3 = (s3 < S) & (h3 < H) & (d3 < DH)
+    m2 = (s2 < S) & (h2 < H)
+    mq = (hq < H) & (dq < DH)
+    return kv, m3, c_off, m2, q_off, mq, h2
+
+
+@triton.jit
+def _logits(q, k, c0, decay, scale):
+    """raw (S,H) and the updated cum (S,H) from q (H,dh), k (S,H,dh), cum (S,H) and decay (1,H)."""
+    raw = tl.sum(k * q[None, :, :], axis=2) * scale
+    return raw, decay * c0 + (1.0 - decay) + raw
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, CUM, DECAY, ACTIVE, OUT, CUM_OUT, RAW,
     S, H, DH,
@@ -32,30 +58,17 @@ def _fwd_kernel(
     HAS_ACTIVE: tl.constexpr, BS: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)  # one position per program, all heads
-    s3 = tl.arange(0, BS)[:, None, None]
-    h3 = tl.arange(0, BH)[None, :, None]
-    d3 = tl.arange(0, BD)[None, None, :]
-    m3 = (s3 < S) & (h3 < H) & (d3 < DH)  # (S,H,dh)
-    s2 = tl.arange(0, BS)[:, None]
-    h2 = tl.arange(0, BH)[None, :]
-    m2 = (s2 < S) & (h2 < H)  # (S,H)
-    hq = tl.arange(0, BH)[:, None]
-    dq = tl.arange(0, BD)[None, :]
-    mq = (hq < H) & (dq < DH)  # (H,dh)
-    c_off = n * H * S + h2 * S + s2  # cum, raw (N,H,S) read as (S,H)
-    q_off = n * H * DH + hq * DH + dq  # q, out (N,H,dh)
+    kv, m3, c_off, m2, q_off, mq, h2 = _tiles(n, S, H, DH, BS, BH, BD)
     c0 = tl.load(CUM + c_off, mask=m2, other=0.0).to(tl.float32)  # (S,H)
     run = True
     if HAS_ACTIVE:
         run = tl.load(ACTIVE + n) != 0
     if run:
-        kv = n * S * H * DH + s3 * H * DH + h3 * DH + d3  # k, v (N,S,H,dh): one block per position
         q = tl.load(Q + q_off, mask=mq, other=0.0).to(tl.float32)  # (H,dh)
         k = tl.load(K + kv, mask=m3, other=0.0).to(tl.float32)  # (S,H,dh)
         v = tl.load(V + kv, mask=m3, other=0.0).to(tl.float32)  # (S,H,dh)
         decay = tl.load(DECAY + h2, mask=h2 < H, other=0.0).to(tl.float32)  # (1,H)
-        raw = tl.sum(k * q[None, :, :], axis=2) * scale  # (S,H)
-        c = decay * c0 + (1.0 - decay) + raw  # (S,H)
+        raw, c = _logits(q, k, c0, decay, scale)  # (S,H) each
         silu = c / (1.0 + tl.exp(-c))
         w = tl.where(m2, tl.log(1.0 + silu) * inv_ln_base, 0.0)  # (S,H)
         out = tl.sum(w[:, :, None] * v, axis=0)  # (H,dh)
@@ -77,20 +90,8 @@ def _bwd_kernel(
     HAS_ACTIVE: tl.constexpr, HAS_GCUM: tl.constexpr, BS: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
-    s3 = tl.arange(0, BS)[:, None, None]
-    h3 = tl.arange(0, BH)[None, :, None]
-    d3 = tl.arange(0, BD)[None, None, :]
-    m3 = (s3 < S) & (h3 < H) & (d3 < DH)
-    s2 = tl.arange(0, BS)[:, None]
-    h2 = tl.arange(0, BH)[None, :]
-    m2 = (s2 < S) & (h2 < H)
-    hq = tl.arange(0, BH)[:, None]
-    dq = tl.arange(0, BD)[None, :]
-    mq = (hq < H) & (dq < DH)
+    kv, m3, c_off, m2, q_off, mq, h2 = _tiles(n, S, H, DH, BS, BH, BD)
     hv = tl.arange(0, BH)
-    c_off = n * H * S + h2 * S + s2
-    q_off = n * H * DH + hq * DH + dq
-    kv = n * S * H * DH + s3 * H * DH + h3 * DH + d3
     g_cum = tl.zeros([BS, BH], dtype=tl.float32)  # (S,H) grad w.r.t. cum'
     if HAS_GCUM:
         g_cum = tl.load(G_CUM + c_off, mask=m2, other=0.0).to(tl.float32)
@@ -104,8 +105,7 @@ def _bwd_kernel(
         c0 = tl.load(CUM + c_off, mask=m2, other=0.0).to(tl.float32)  # (S,H)
         g_out = tl.load(G_OUT + q_off, mask=mq, other=0.0).to(tl.float32)  # (H,dh)
         decay = tl.load(DECAY + h2, mask=h2 < H, other=0.0).to(tl.float32)  # (1,H)
-        raw = tl.sum(k * q[None, :, :], axis=2) * scale
-        c = decay * c0 + (1.0 - decay) + raw
+        _raw, c = _logits(q, k, c0, decay, scale)  # recomputed, not saved
         sig = 1.0 / (1.0 + tl.exp(-c))
         silu = c * sig
         w = tl.where(m2, tl.log(1.0 + silu) * inv_ln_base, 0.0)
