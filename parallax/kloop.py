@@ -7,12 +7,12 @@ graph, so activation memory does not grow with K. Positions are independent (a p
 workspace reads only its own context), so all T positions settle in parallel and a halted
 position's state is frozen while the others continue.
 
-Halted positions stop costing compute: once the active fraction of the block being computed falls
-below ``compact_below``, every row's active positions are gathered into a ``(B,T')`` working set
-(T' the most active positions in any row), with their state and token-clocked slots, and the frozen
-steps run on that block alone. The working set is kept across steps and gathered again only when
-its own active fraction falls below ``compact_below``, so the gather's cost is paid a few times per
-settle, not every step. This needs the h-clocked experts to accept per-row positions
+Halted positions stop costing compute: every row's active positions can be gathered into a
+``(B,T')`` working set (T' the most active positions in any row), with their state and
+token-clocked slots, and the frozen steps run on that block alone. A gather happens when the block
+it would give is smaller than ``compact_below`` times the block being computed (the full ``(B,T)``
+at first, then the working set), so its cost is paid a few times per settle, not every step, and
+never for a block that gathering cannot make narrower. This needs the h-clocked experts to accept per-row positions
 (``Expert.gather``); otherwise halted positions are masked, which freezes them but still computes
 them.
 """
@@ -100,14 +100,17 @@ def settle(
         tk = tok_k.detach() if tok_k is not None else None
         tv = tok_v.detach() if tok_v is not None else None
         for i in range(k_max - live_steps):
-            n_active = int(active.sum())  # the one host sync of a step
+            # the one host sync of a step: the active count, and the widest row (the width a gather would have)
+            n_active, widest = torch.stack([active.sum(), active.sum(1).max()]).tolist()
             if n_active == 0:
                 break
             block = B * T if ws is None else ws.order.numel()
-            if can_gather and n_active < compact_below * block:
+            # gather when the new block would be smaller than compact_below of the current one: with rows
+            # unevenly active, a block can be mostly padding and still as narrow as gathering makes it
+            if can_gather and B * widest < compact_below * block:
                 if ws is not None:
                     state = ws.write_back(state)
-                ws = _WorkingSet.gather(state, tk, tv, positions, active)
+                ws = _WorkingSet.gather(state, tk, tv, positions, active, widest)
             if ws is None:
                 new, raw = one_step(state, tk, tv, positions, active)
                 m = active[..., None]
@@ -146,9 +149,9 @@ class _WorkingSet:
     pos: torch.Tensor  # (B,T') absolute positions
 
     @classmethod
-    def gather(cls, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor) -> "_WorkingSet":
+    def gather(cls, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor,
+               width: int) -> "_WorkingSet":
         counts = active.sum(1)  # (B,)
-        width = max(int(counts.max()), 1)
         # a stable sort puts each row's active positions first, in order; the tail is padding
         order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B,T')
         valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]  # (B,T')

@@ -51,9 +51,9 @@ class CWSModel(nn.Module):
         k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
         compact_below: float = Field(
             0.75, ge=0, le=1,
-            description="once fewer than this fraction of the computed positions are still settling, gather "
-            "the active ones and run the K steps on them alone, gathering again as more halt "
-            "(0 never gathers: halted positions are only masked)",
+            description="gather each row's still-settling positions and run the K steps on them alone once "
+            "that block would be smaller than this fraction of the one being computed, and again as more "
+            "halt (0 never gathers: halted positions are only masked)",
         )
         halting: Component("halting_rules")  # type: ignore[valid-type]
         encoder: Component("encoders")  # type: ignore[valid-type]

@@ -2,9 +2,14 @@
 
 (a) the recipe's halting rule, realised mean K = m;  (b) a fixed K = round(m);  (c) a fixed K = k_max.
 Each is timed on the same validation batches (forward, no grad), the settings interleaved so that
-load on the machine hits all three alike; the median of the repeats is reported as seconds per
-token. If halting really skips work, (a) costs about what (b) costs, and (c) costs about k_max/m
+load on the machine hits all three alike, and their order rotated each repeat so that none always
+runs first; the median of the repeats is reported as seconds per token. If halting really skips work, (a) costs about what (b) costs, and (c) costs about k_max/m
 times (a).
+
+Each row also counts the K iterations each K loop ran (a batch runs until its slowest position
+halts). Where an iteration costs the same however few positions are still active (a small model
+on a GPU, bound by kernel launches), time follows iterations, not position-steps, and (a)/(b)
+comes to ``a_over_b_lockstep`` = iterations (a) / iterations (b).
 
 Two ways to run the model: ``parallel`` (the default) settles whole validation batches at once, as
 training and evaluation do, so a K step runs while any position of the batch is settling;
@@ -42,48 +47,52 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     adaptive, fixed = model.halting, fixed_halting(registry)
     k_max = model.k_max
 
-    def forward(x: torch.Tensor) -> tuple[float, int]:
-        """Mean K and position-steps computed, for one batch, at the model's current k_max."""
+    def forward(x: torch.Tensor) -> tuple[float, int, list[int]]:
+        """Mean K, position-steps computed and each K loop's iterations, for one batch."""
         if mode == "parallel":
             out = model(x)
-            return out.k.float().mean().item(), out.stats["work"]
+            return out.k.float().mean().item(), out.stats["work"], [int(out.k.max())]
         state, ks = IncrementalState(model), []
         for t in range(x.shape[1]):
             _, k_t = state.feed(x[:, t : t + 1])  # one position: its K loop stops when it halts
             ks.append(int(k_t))
-        return sum(ks) / len(ks), sum(ks)
+        return sum(ks) / len(ks), sum(ks), ks
 
-    def run(rule, k: int) -> tuple[float, float, float]:
+    def run(rule, k: int) -> tuple[float, float, int, float]:
         model.halting, model.k_max = rule, k
         t0 = time.perf_counter()
-        ks, work = [], 0
+        ks, work, loops = [], 0, []
         with torch.no_grad():
             for x in inputs:
-                k_mean, w = forward(x)
+                k_mean, w, its = forward(x)
                 ks.append(k_mean)
                 work += w
+                loops += its
         if device.type == "cuda":
             torch.cuda.synchronize()
         model.k_max = k_max
-        return time.perf_counter() - t0, sum(ks) / len(ks), work
+        return time.perf_counter() - t0, sum(ks) / len(ks), work, sum(loops) / len(loops)
 
     run(adaptive, k_max)  # warm-up
-    _, m, _ = run(adaptive, k_max)
+    _, m, _, _ = run(adaptive, k_max)
     settings = {"a_adaptive": (adaptive, k_max), "b_fixed_round_m": (fixed, max(model.live_steps, round(m))),
                 "c_fixed_k_max": (fixed, k_max)}
     times: dict[str, list[float]] = {name: [] for name in settings}
-    info: dict[str, tuple[float, float]] = {}
-    for _ in range(repeats):
-        for name, (rule, k) in settings.items():
-            seconds, k_mean, work = run(rule, k)
+    info: dict[str, tuple[float, int, float]] = {}
+    names = list(settings)
+    for r in range(repeats):
+        for name in names[r % 3:] + names[: r % 3]:
+            rule, k = settings[name]
+            seconds, k_mean, work, iterations = run(rule, k)
             times[name].append(seconds)
-            info[name] = (k_mean, work)
+            info[name] = (k_mean, work, iterations)
     model.halting = adaptive
     rows = []
     for name, (rule, k) in settings.items():
-        k_mean, work = info[name]
+        k_mean, work, iterations = info[name]
         rows.append({"setting": name, "k_budget": k, "k_mean": round(k_mean, 3),
                      "position_steps_per_token": round(work / tokens, 3),
+                     "iterations_per_k_loop": round(iterations, 3),
                      "seconds_per_token": statistics.median(times[name]) / tokens})
     a, b, c = (r["seconds_per_token"] for r in rows)
     return {
@@ -91,6 +100,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
         "repeats": repeats,
         "k_max": model.k_max, "m": round(m, 3), "rows": rows,
         "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
+        "a_over_b_lockstep": round(rows[0]["iterations_per_k_loop"] / rows[1]["iterations_per_k_loop"], 3),
         "c_over_a_floor": round(model.k_max / m * 0.7, 3),
     }
 
@@ -109,11 +119,13 @@ def run(args, out, err) -> int:
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
-    table = Table("setting", "K budget", "mean K", "position-steps/token", "µs/token",
+    table = Table("setting", "K budget", "mean K", "position-steps/token", "iterations/K loop", "µs/token",
                   title=f"halting on {result['device']}, {result['mode']} (m = {result['m']}, k_max = {result['k_max']})")
     for r in result["rows"]:
         table.add_row(r["setting"], str(r["k_budget"]), f"{r['k_mean']:.2f}", f"{r['position_steps_per_token']:.2f}",
-                      f"{r['seconds_per_token'] * 1e6:.1f}")
+                      f"{r['iterations_per_k_loop']:.2f}", f"{r['seconds_per_token'] * 1e6:.1f}")
     out.print(table)
     out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} (k_max/m x 0.7 = {result['c_over_a_floor']})")
+    out.print(f"iterations (a)/(b) = {result['a_over_b_lockstep']}: (a)/(b) where a K iteration costs the same "
+              f"however few positions are active")
     return 0

@@ -162,3 +162,35 @@ def test_experts_without_gather_fall_back_to_masking(tiny_recipe):
         res = settle(model.workspace, model.experts, [e.context(x) for e in model.experts], x,
                      torch.arange(inputs.shape[1]), HaltAt(mask, 2), 7, 1, compact_below=1.0)
     assert res.work == 7 * inputs.numel()
+
+
+def test_a_block_is_gathered_only_when_gathering_narrows_it(tiny_recipe, monkeypatch):
+    import parallax.kloop as kloop
+
+    model, data = tiny_model(tiny_recipe)
+    model.eval()
+    inputs = data.batch(1)["inputs"]
+    B, T = inputs.shape
+    gathers = []
+    real = kloop._WorkingSet.gather.__func__
+    monkeypatch.setattr(kloop._WorkingSet, "gather",
+                        classmethod(lambda cls, *a: gathers.append(a[-1]) or real(cls, *a)))
+    x = model.encoder(inputs)
+    ctx = [e.context(x) for e in model.experts]
+
+    def run(mask):
+        gathers.clear()
+        with torch.no_grad():
+            return settle(model.workspace, model.experts, ctx, x, torch.arange(T), HaltAt(mask, 2), 7, 1,
+                          compact_below=0.75)
+
+    # every row keeps a quarter of its positions: one gather to that width, kept to the end
+    even = (torch.arange(T) % 4 != 0).expand(B, T)
+    n_live = int((~even[0]).sum())
+    res = run(even)
+    assert gathers == [n_live] and res.work == 2 * B * T + 4 * B * n_live + B * T
+    # one row stays fully active, so no gather can narrow the block: none happens, every step masks
+    uneven = even.clone()
+    uneven[0] = False
+    res = run(uneven)
+    assert gathers == [] and res.work == 7 * B * T

@@ -19,6 +19,10 @@ def test_bench_halting_reports_the_three_settings(tiny_recipe, capsys):
     assert c["position_steps_per_token"] == k_max and c["k_mean"] == k_max
     assert b["position_steps_per_token"] == b["k_budget"]
     assert a["k_mean"] <= a["position_steps_per_token"] <= k_max
+    # a batch's K loop runs until its slowest position halts; fixed K runs exactly the budget
+    assert c["iterations_per_k_loop"] == k_max and b["iterations_per_k_loop"] == b["k_budget"]
+    assert a["k_mean"] <= a["iterations_per_k_loop"] <= k_max
+    assert out["a_over_b_lockstep"] == round(a["iterations_per_k_loop"] / b["k_budget"], 3)
     assert out["a_over_b"] > 0 and out["c_over_a_floor"] == round(k_max / out["m"] * 0.7, 3)
 
 
@@ -35,6 +39,6 @@ def test_bench_halting_incremental_settles_one_position_at_a_time(tiny_recipe, c
     assert out["mode"] == "incremental" and out["batch_shape"][0] == 1
     # one position per K loop: the work done is exactly the K spent, with no padding
     for r in (a, b, c):
-        assert r["position_steps_per_token"] == r["k_mean"]
+        assert r["position_steps_per_token"] == r["k_mean"] == r["iterations_per_k_loop"]
     assert c["k_mean"] == out["k_max"] and b["k_mean"] == b["k_budget"]
     assert a["k_mean"] == out["m"]
