@@ -75,6 +75,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
 
     run(adaptive, k_max)  # warm-up
     _, m, _, _ = run(adaptive, k_max)
+    limits = _adaptive_limits(model, inputs) if mode == "parallel" else None
     settings = {"a_adaptive": (adaptive, k_max), "b_fixed_round_m": (fixed, max(model.live_steps, round(m))),
                 "c_fixed_k_max": (fixed, k_max)}
     times: dict[str, list[float]] = {name: [] for name in settings}
@@ -102,7 +103,28 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
         "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
         "a_over_b_lockstep": round(rows[0]["iterations_per_k_loop"] / rows[1]["iterations_per_k_loop"], 3),
         "c_over_a_floor": round(model.k_max / m * 0.7, 3),
+        **(limits or {}),
     }
+
+
+def _adaptive_limits(model, inputs: list[torch.Tensor]) -> dict:
+    """What bounds the saving of (a) in parallel settling, from each position's K under the adaptive rule.
+
+    ``a_at_k_max``: the share of positions that run to k_max. ``position_steps_row_bound``: the
+    position-steps per token if every row were gathered to its own active positions at every step,
+    the least a ``(B,T')`` working set can compute.
+    """
+    at_k_max = bound = total = 0
+    with torch.no_grad():
+        for x in inputs:
+            k = model(x).k  # (B,T)
+            frozen = k - model.live_steps
+            for i in range(int(frozen.max())):
+                bound += k.shape[0] * int((frozen > i).sum(1).max())
+            bound += model.live_steps * k.numel()
+            at_k_max += int((k == model.k_max).sum())
+            total += k.numel()
+    return {"a_at_k_max": round(at_k_max / total, 3), "position_steps_row_bound": round(bound / total, 3)}
 
 
 def run(args, out, err) -> int:
@@ -128,4 +150,7 @@ def run(args, out, err) -> int:
     out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} (k_max/m x 0.7 = {result['c_over_a_floor']})")
     out.print(f"iterations (a)/(b) = {result['a_over_b_lockstep']}: (a)/(b) where a K iteration costs the same "
               f"however few positions are active")
+    if "a_at_k_max" in result:
+        out.print(f"under (a), {result['a_at_k_max']:.1%} of positions run to k_max; gathering each row at every "
+                  f"step would compute {result['position_steps_row_bound']} position-steps per token")
     return 0

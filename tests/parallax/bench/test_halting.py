@@ -23,6 +23,9 @@ def test_bench_halting_reports_the_three_settings(tiny_recipe, capsys):
     assert c["iterations_per_k_loop"] == k_max and b["iterations_per_k_loop"] == b["k_budget"]
     assert a["k_mean"] <= a["iterations_per_k_loop"] <= k_max
     assert out["a_over_b_lockstep"] == round(a["iterations_per_k_loop"] / b["k_budget"], 3)
+    # the per-row gather bound lies between the mean K and what (a) computed
+    assert a["k_mean"] <= out["position_steps_row_bound"] <= a["position_steps_per_token"] + 1e-9
+    assert 0 <= out["a_at_k_max"] <= 1
     assert out["a_over_b"] > 0 and out["c_over_a_floor"] == round(k_max / out["m"] * 0.7, 3)
 
 
