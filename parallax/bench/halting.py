@@ -3,13 +3,14 @@
 (a) the recipe's halting rule, realised mean K = m;  (b) a fixed K = round(m);  (c) a fixed K = k_max.
 Each is timed on the same validation batches (forward, no grad), the settings interleaved so that
 load on the machine hits all three alike, and their order rotated each repeat so that none always
-runs first; the median of the repeats is reported as seconds per token. If halting really skips work, (a) costs about what (b) costs, and (c) costs about k_max/m
-times (a).
+runs first; the median of the repeats is reported as seconds per token. If halting really skips
+work, (a) costs about what (b) costs, and (c) costs about k_max/m times (a).
 
 Each row also counts the K iterations each K loop ran (a batch runs until its slowest position
 halts). Where an iteration costs the same however few positions are still active (a small model
-on a GPU, bound by kernel launches), time follows iterations, not position-steps, and (a)/(b)
-comes to ``a_over_b_lockstep`` = iterations (a) / iterations (b).
+on a GPU, bound by latency), time follows iterations, not position-steps, and (a)/(b) comes to
+``a_over_b_lockstep`` = iterations (a) / iterations (b). ``a_at_k_max`` and
+``position_steps_row_bound`` say how much (a) could save at best.
 
 Two ways to run the model: ``parallel`` (the default) settles whole validation batches at once, as
 training and evaluation do, so a K step runs while any position of the batch is settling;
