@@ -117,6 +117,10 @@ def check_plugins(path: str | Path, registry: Registry) -> None:
 def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
     f = Path(path) / "model.safetensors"
     if not f.is_file():
+        newest = latest(path) if Path(path).is_dir() else None
+        if newest is not None:  # a run's out_dir, not one of its checkpoints
+            raise CheckpointError(f"{path}: is a run directory, not a checkpoint; name one of its step folders, "
+                                  f"such as {newest}")
         raise CheckpointError(f"{path}: no model.safetensors; not a checkpoint directory (expected step-XXXXXXXX/)")
     try:
         state = load_file(str(f))
@@ -125,9 +129,17 @@ def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(
-            f"{f}: does not match the recipe's model ({str(e).splitlines()[0].strip()}); use the recipe it was trained with"
-        ) from None
+        raise CheckpointError(f"{f}: does not match the recipe's model ({_first_mismatch(str(e))}); "
+                              f"use the recipe it was trained with") from None
+
+
+def _first_mismatch(message: str) -> str:
+    """The first informative line of load_state_dict's error: a size mismatch, or the missing/unexpected keys."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    detail = next((ln for ln in lines[1:] if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))), None)
+    if detail is None:
+        return lines[0] if lines else "unknown difference"
+    return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
 def load_trainer_state(path: str | Path) -> dict:

@@ -72,3 +72,6 @@ class MuonAdamW(torch.optim.Optimizer):
         if self.muon is not None:
             self.muon.load_state_dict(state["muon"])
         self.adamw.load_state_dict(state["adamw"])
+        # loading gives the inner optimizers new group dicts; share them again, so that a scheduler
+        # stepping this optimizer's groups reaches the ones the inner optimizers read
+        self.param_groups = [g for o in (self.muon, self.adamw) if o is not None for g in o.param_groups]

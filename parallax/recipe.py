@@ -70,7 +70,19 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: the recipe is empty; it needs at least `model:` and `data:`")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys (got a {type(data).__name__})")
+    if _has_cycle(data):
+        raise ConfigError(f"{path}: a YAML alias (*name) refers to the anchor that contains it; remove the loop")
     return data
+
+
+def _has_cycle(node, parents: tuple = ()) -> bool:
+    """Whether an alias makes the loaded YAML contain itself (PyYAML builds such objects)."""
+    if not isinstance(node, (dict, list)):
+        return False
+    if any(node is p for p in parents):
+        return True
+    children = node.values() if isinstance(node, dict) else node
+    return any(_has_cycle(c, parents + (node,)) for c in children)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -222,6 +234,28 @@ def _check_optimizer(cfg: OptimizerConfig, path: list) -> None:
             hint = difflib.get_close_matches(key, allowed, n=1)
             dym = f"; did you mean '{hint[0]}'?" if hint else ""
             raise ConfigError(f"{_dotted(path + [key])}: not an option of torch.optim.{names[cfg.type.lower()]}{dym} (allowed: {', '.join(allowed)})")
+    if path == ["train", "optimizer"]:
+        _try_optimizer(cfg, names[cfg.type.lower()], path)
+
+
+def _try_optimizer(cfg: OptimizerConfig, name: str, path: list) -> None:
+    """Build the optimizer on a toy model, as the trainer builds it, and take one step, so that a
+    bad option value (``betas: 5``) or an optimizer the trainer cannot drive (LBFGS wants a closure,
+    SparseAdam sparse gradients) fails here, in one line, and not after the run has started."""
+    import torch
+
+    from .trainer import make_optimizer
+
+    with torch.random.fork_rng(devices=[]):
+        toy = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        try:
+            opt = make_optimizer(toy, cfg)
+            toy(torch.ones(2, 4)).square().sum().backward()
+            opt.step()
+        except Exception as e:  # torch raises TypeError, ValueError or RuntimeError for these
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"{_dotted(path)}: torch.optim.{name} cannot train with these options ({msg}); "
+                              f"fix the option, or choose another train.optimizer.type") from None
 
 
 def _dotted(parts: list) -> str:

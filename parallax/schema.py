@@ -12,6 +12,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
+MAX_THREADS = 1024  # torch.set_num_threads crashes the process far above any real core count
+
+
 class Spec(BaseModel):
     """Base of every component's options. Subclasses set ``extra='forbid'`` and declare fields."""
 
@@ -62,7 +65,7 @@ class TrainConfig(Strict):
         "auto", description="autocast dtype; auto = bf16 on CUDA when supported, else fp32"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, gt=0, description="torch CPU threads; null keeps torch's default")
+    threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; null keeps torch's default")
     resume: str | bool = Field(False, description="false | auto (latest in out_dir if any) | true (must exist) | PATH")
     progress: bool = Field(True, description="rich progress bar")
     compile: bool = Field(False, description="torch.compile the model")

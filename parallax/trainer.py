@@ -29,7 +29,7 @@ from .model import build_model
 from .optim import MuonAdamW
 from .recipe import dump_recipe
 from .registry import Registry, get_registry
-from .schema import Recipe, TrainConfig
+from .schema import OptimizerConfig, Recipe, TrainConfig
 
 
 # -- pieces --------------------------------------------------------------------------------------
@@ -39,9 +39,12 @@ def build_data(recipe: Recipe, registry: Registry):
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return make_optimizer(model, cfg.optimizer)
+
+
+def make_optimizer(model: torch.nn.Module, opt: OptimizerConfig) -> torch.optim.Optimizer:
     """Any torch.optim optimizer by name. Weight decay applies to matrices only (not norms, biases).
     ``muon`` is Muon on the hidden matrices with AdamW on the rest."""
-    opt = cfg.optimizer
     name = {n.lower(): n for n in dir(torch.optim)}[opt.type.lower()]
     if name == "Muon":  # Muon takes 2-D hidden matrices only; AdamW gets the rest (parallax/optim.py)
         extra = dict(opt.model_extra or {})
@@ -103,6 +106,9 @@ def resolve_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
     path = Path(str(r))
     if not path.is_dir():
         raise ConfigError(f"train.resume: checkpoint directory {path} does not exist")
+    if not (path / "model.safetensors").exists() and ckpt.latest(path) is not None:
+        raise ConfigError(f"train.resume: {path} is a run directory, not a checkpoint; name one of its step "
+                          f"folders ({ckpt.latest(path)}), or set out_dir={path} train.resume=auto")
     return path
 
 
@@ -163,8 +169,14 @@ class Trainer:
         ckpt.check_plugins(path, self.registry)
         ckpt.load_model_state(path, self.model)
         state = ckpt.load_trainer_state(path)
+        # the recipe's optimizer options, taken before the saved state replaces the groups
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        saved_type = state.get("optimizer_type")
+        same_type = _group_keys(state.get("optimizer")) == _group_keys(self.optimizer.state_dict()) and (
+            saved_type is None or saved_type.lower() == self.cfg.optimizer.type.lower())
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if same_type:
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.step = int(state["step"])
@@ -173,14 +185,45 @@ class Trainer:
             np.random.set_state(state["rng"]["numpy"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise ConfigError(f"train.resume: {path} does not match this recipe's optimizer ({e}); resume with its own recipe") from None
+        notes = self._apply_recipe_options(fresh)
+        if not same_type:
+            notes.insert(0, f"the checkpoint's optimizer is {saved_type or 'another type'}, the recipe's "
+                            f"{self.cfg.optimizer.type}: its state starts fresh")
         if self.is_main:
             self.console.print(f"resumed from {path} at step {self.step}")
+            for note in notes:
+                self.console.print(f"note: {note}")
+
+    def _apply_recipe_options(self, fresh: list[dict]) -> list[str]:
+        """After a resume, the recipe's optimizer options and schedule apply, not the checkpoint's.
+
+        Loading a state dict restores each group's options (lr, betas, weight decay...) and the
+        scheduler's base learning rates as they were saved; a resume with train.optimizer.lr=...
+        would otherwise keep the old ones. Returns one note per option that changed.
+        """
+        groups = self.optimizer.param_groups
+        changed: dict[str, tuple] = {}  # option -> (the recipe's value, the checkpoint's), first group that differs
+        for g, f in zip(groups, fresh):
+            for k, v in f.items():
+                name = "lr" if k == "initial_lr" else k
+                if k != "lr" and k in g and g[k] != v and name not in changed:
+                    changed[name] = (v, g[k])
+        for g, f in zip(groups, fresh):
+            g.update(f)
+        self.scheduler.base_lrs = [g["initial_lr"] for g in groups]
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for g, base in zip(groups, self.scheduler.base_lrs):
+            g["lr"] = base * factor
+        self.scheduler._last_lr = [g["lr"] for g in groups]
+        return [f"train.optimizer.{k}: the recipe's {new} replaces the checkpoint's {old}"
+                for k, (new, old) in sorted(changed.items())]
 
     def save(self) -> Path | None:
         if not self.is_main:
             return None
         state = {
             "step": self.step,
+            "optimizer_type": self.cfg.optimizer.type,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -199,8 +242,17 @@ class Trainer:
         """After a resume, drop records logged past the checkpoint by the interrupted run."""
         path = self.out_dir / "metrics.jsonl"
         if self.is_main and path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            keep, torn = [], 0
+            for ln in path.read_text(errors="replace").splitlines():
+                rec = _record(ln)
+                if rec is None:
+                    torn += ln.strip() != ""
+                elif rec.get("step", 0) <= self.step:
+                    keep.append(ln)
             path.write_text("".join(ln + "\n" for ln in keep))
+            if torn:
+                self.console.print(f"note: dropped {torn} unreadable line{'s' * (torn > 1)} from {path} "
+                                   f"(a run stopped while writing it)")
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -209,15 +261,16 @@ class Trainer:
             out = self.net(inputs)
             loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         if not _all_finite(loss, self.distributed):
-            # Save the current weights if they are still finite (the batch was at fault); otherwise
-            # point at the newest checkpoint, which predates the damage.
-            weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-            saved = self.save() if weights_ok and self.step > 0 else ckpt.latest(self.out_dir)
-            where = f"last good weights: {saved}" if saved else "no checkpoint was written yet"
-            raise TrainingError(
-                f"loss became {loss.item()} at step {self.step + 1}; {where}; lower train.optimizer.lr "
-                f"or set train.grad_clip, then resume with train.resume=auto"
-            )
+            # Nothing is saved: weights that give a non-finite loss, finite or not, are not a state
+            # to resume from (resuming them would meet the same batch again). The newest checkpoint
+            # predates them, and a resume applies the recipe's new optimizer options.
+            saved = ckpt.latest(self.out_dir)
+            fix = "lower train.optimizer.lr or set train.grad_clip"
+            if saved is None:
+                raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}, before any checkpoint; "
+                                    f"{fix} and start again")
+            raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; nothing was saved; the newest "
+                                f"checkpoint is {saved}; {fix}, then resume from it with train.resume=auto")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
@@ -281,13 +334,14 @@ class Trainer:
                     if out_of_time:
                         stop_reason = "max_minutes"
                         break
-        except KeyboardInterrupt:
-            saved = self.save() if self.step > 0 else None
+            if not (self.out_dir / f"step-{self.step:08d}").exists():
+                self.save()  # before the final evaluation, so an interrupt there loses nothing
+            if not last_eval or last_eval.get("step") != self.step:
+                last_eval = self._eval()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (``parallax run`` turns it into this)
+            done = self.out_dir / f"step-{self.step:08d}"
+            saved = done if done.exists() else self.save() if self.step > 0 else None
             raise TrainingError(f"interrupted at step {self.step}; saved {saved}; continue with train.resume=auto") from None
-        if not last_eval or last_eval.get("step") != self.step:
-            last_eval = self._eval()
-        if not (self.out_dir / f"step-{self.step:08d}").exists():
-            self.save()
         summary = {
             "step": self.step, "stop": stop_reason, "train_seconds": round(time.time() - start_time, 1),
             "world_size": self.world, **{k: v for k, v in last_eval.items() if k != "step"},
@@ -322,6 +376,23 @@ def _seed_all(seed: int) -> None:
 
 def _tokens_per_example(data) -> int:
     return int(data.batch(0)["inputs"][0].numel()) if hasattr(data, "batch") else 1
+
+
+def _group_keys(state: dict | None) -> list | None:
+    """The option names of each param group of an optimizer state dict (Muon + AdamW: of both halves)."""
+    if not isinstance(state, dict):
+        return None
+    if "param_groups" in state:
+        return [sorted(k for k in g if k != "params") for g in state["param_groups"]]
+    return [_group_keys(v) for _, v in sorted(state.items())]
+
+
+def _record(line: str) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _all_finite(loss: torch.Tensor, distributed: bool) -> bool:

@@ -91,9 +91,7 @@ def run(args, out, err) -> int:
     model = run_.model
     if not hasattr(model, "workspace"):
         raise ConfigError(f"{args.run_dir}: bench dynamics needs a model with a K loop, not '{run_.recipe.model.type}'")
-    k = args.k or model.k_max
-    if k < 1 or args.batches < 1:
-        raise ConfigError("--k and --batches: must be at least 1")
+    k = args.k or model.k_max  # argparse has checked both counts are >= 1
     batches = [b["inputs"] for _, b in zip(range(args.batches), run_.data.val_batches())]
     result = {"run": str(args.run_dir), "checkpoint": str(run_.checkpoint), "k_max": model.k_max,
               **measure(model, batches, k)}

@@ -27,7 +27,6 @@ import torch
 from rich.table import Table
 
 from .. import checkpoint as ckpt
-from ..errors import ConfigError
 from ..generate import IncrementalState
 from . import build_k_loop_model, fixed_halting
 
@@ -131,10 +130,6 @@ def _adaptive_limits(model, inputs: list[torch.Tensor]) -> dict:
 def run(args, out, err) -> int:
     from ..cli.commands import load
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size: must be at least 1, got {args.batch_size}")
-    if args.sequences < 1:
-        raise ConfigError(f"--sequences: must be at least 1, got {args.sequences}")
     result = measure(load(args), args.checkpoint, args.batches, args.repeats, args.batch_size, args.mode,
                      args.sequences)
     if result["checkpoint"] is None:

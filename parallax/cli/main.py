@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
+import os
+import signal
 import sys
+import threading
 
 from rich.console import Console
 
 from ..errors import ParallaxError
+from ..schema import MAX_THREADS
 
 COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench"]
 
@@ -27,6 +32,8 @@ class Parser(argparse.ArgumentParser):
             key = _recipe_key(flag)
             if key:
                 hint = f"; recipe options are overrides without dashes: {key}=VALUE"
+            elif "=" in flag or flag.startswith("~"):
+                hint = "; put key=value overrides before the --options"
             elif flag.startswith("-"):
                 hint = f"; recipe options are overrides such as train.max_steps=100 (see `{self.prog} --help`)"
         elif "invalid choice" in message and "argument command" in message:
@@ -49,6 +56,37 @@ def _recipe_key(flag: str) -> str | None:
     return keys.get(leaf)
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _threads(text: str) -> int:
+    n = _count(text)
+    if n > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_THREADS}, got {n} (this machine has {os.cpu_count()} CPUs)")
+    return n
+
+
+def _finite(low: float, inclusive: bool = True):
+    """An argparse type: a finite float >= low (or > low)."""
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if not math.isfinite(x) or x < low or (x == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if inclusive else '>'} {low:g}, got {text}")
+        return x
+    return parse
+
+
 def build_parser() -> Parser:
     p = Parser(prog="parallax", description="Parallax: the Central Workspace research framework.")
     p.add_argument("--version", action="version", version=f"parallax-cws {_version()}")
@@ -68,12 +106,12 @@ def build_parser() -> Parser:
     g = sub.add_parser("generate", help="continue a prompt with a trained text run, one cached token step at a time")
     g.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
     g.add_argument("--prompt", required=True, help="the text to continue")
-    g.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
-    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    g.add_argument("--max-new-tokens", type=_count, default=100, help="tokens to generate (default 100)")
+    g.add_argument("--temperature", type=_finite(0.0), default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
+    g.add_argument("--top-k", type=_count, default=None, help="sample among the k most likely tokens")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--show-k", action="store_true", help="colour each generated token by the K it used")
-    g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: one token's small ops run fastest on one)")
+    g.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default 1: one token's small ops run fastest on one)")
 
     sub.add_parser("ls", help="list the built-in recipes")
 
@@ -103,22 +141,22 @@ def build_parser() -> Parser:
     m = bsub.add_parser("memory", help="saved-for-backward bytes and peak memory of one training step at each K")
     m.add_argument("recipe")
     m.add_argument("overrides", nargs="*")
-    m.add_argument("--k", type=int, nargs="+", default=[8, 16, 32, 48], help="K values (default 8 16 32 48)")
+    m.add_argument("--k", type=_count, nargs="+", default=[8, 16, 32, 48], help="K values (default 8 16 32 48)")
     m.add_argument("--json", action="store_true")
     kb = bsub.add_parser("kernels", help="the workspace step: fused vs reference vs torch.compile, with the bandwidth floor")
-    kb.add_argument("--repeats", type=int, default=20)
+    kb.add_argument("--repeats", type=_count, default=20)
     kb.add_argument("--json", action="store_true")
     hb = bsub.add_parser("halting", help="wall time per token: adaptive halting vs fixed K = round(m) vs fixed k_max")
     hb.add_argument("recipe")
     hb.add_argument("overrides", nargs="*")
     hb.add_argument("--checkpoint", default=None, help="a step-XXXXXXXX directory (default: newest in out_dir)")
-    hb.add_argument("--batches", type=int, default=4, help="validation batches timed per setting")
-    hb.add_argument("--batch-size", type=int, default=None,
+    hb.add_argument("--batches", type=_count, default=4, help="validation batches timed per setting")
+    hb.add_argument("--batch-size", type=_count, default=None,
                     help="sequences per timed batch (default: the recipe's train.batch_size)")
     hb.add_argument("--mode", choices=["parallel", "incremental"], default="parallel",
                     help="settle whole batches at once, or feed sequences one token at a time (generation)")
-    hb.add_argument("--sequences", type=int, default=8, help="validation sequences fed one at a time (incremental)")
-    hb.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
+    hb.add_argument("--sequences", type=_count, default=8, help="validation sequences fed one at a time (incremental)")
+    hb.add_argument("--repeats", type=_count, default=5, help="interleaved repeats; the median is reported")
     hb.add_argument("--json", action="store_true")
     a = bsub.add_parser("ablation", help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")
     a.add_argument("run_dir", help="a run's out_dir; its newest checkpoint is evaluated")
@@ -130,8 +168,8 @@ def build_parser() -> Parser:
     cb.add_argument("items", nargs="+", metavar="RECIPE_OR_OVERRIDE",
                     help="recipe files or built-in names, then key=value / ~key overrides applied to every recipe")
     budget = cb.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help="train each recipe for N optimizer steps")
-    budget.add_argument("--minutes", type=float, default=None, help="train each recipe for M minutes of wall time")
+    budget.add_argument("--steps", type=_count, default=None, help="train each recipe for N optimizer steps")
+    budget.add_argument("--minutes", type=_finite(0.0, inclusive=False), default=None, help="train each recipe for M minutes of wall time")
     cb.add_argument("--match-params", nargs="?", const=None, default=False, metavar="TARGET",
                     help="scale each baseline's width to TARGET parameters: N, Nx (N times the first recipe's), "
                          "or (no value) the first recipe's count")
@@ -141,15 +179,15 @@ def build_parser() -> Parser:
     cb.add_argument("--json", action="store_true")
     db = bsub.add_parser("dynamics", help="how a trained CWS's state moves per K step: monotone contraction or oscillation")
     db.add_argument("run_dir", help="a trained CWS run's out_dir or step-XXXXXXXX/ folder")
-    db.add_argument("--k", type=int, default=None, help="steps to follow (default: the run's k_max)")
-    db.add_argument("--batches", type=int, default=2, help="validation batches (default 2)")
+    db.add_argument("--k", type=_count, default=None, help="steps to follow (default: the run's k_max)")
+    db.add_argument("--batches", type=_count, default=2, help="validation batches (default 2)")
     db.add_argument("--json", action="store_true")
     gb = bsub.add_parser("generate", help="seconds per token, cached incremental decoding vs recomputing the prefix")
     gb.add_argument("run_dir", help="a text run's out_dir or step-XXXXXXXX/ folder")
-    gb.add_argument("--context", type=int, default=256, help="prefix length before the timed tokens (default 256)")
-    gb.add_argument("--tokens", type=int, default=16, help="tokens timed on each path (default 16)")
+    gb.add_argument("--context", type=_count, default=256, help="prefix length before the timed tokens (default 256)")
+    gb.add_argument("--tokens", type=_count, default=16, help="tokens timed on each path (default 16)")
     gb.add_argument("--seed", type=int, default=0)
-    gb.add_argument("--threads", type=int, default=1, help="torch CPU threads for both paths (default 1)")
+    gb.add_argument("--threads", type=_threads, default=1, help="torch CPU threads for both paths (default 1)")
     gb.add_argument("--json", action="store_true")
     return p
 
@@ -160,10 +198,17 @@ def _version() -> str:
     return __version__
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, timeout, a job scheduler) saves a run as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Console()
     err = Console(stderr=True, soft_wrap=True)  # log lines such as the run header stay one line each
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         from . import commands
 
@@ -174,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("parallax: interrupted\n")
         return 130
+    except OSError as e:  # a path that cannot be created, written or read: the user's to fix
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"parallax: error: {where}{e.strerror or e}; check that the path exists and is writable\n")
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ class TinyStoriesData(parallax.DataSource):
                 path = self.cache / f"bpe-{token_cache.key(self._data_key(), c.vocab_size)}.json"
                 cached = token_cache.load_text(path)
                 if cached is not None:
-                    self._tokenizer = tokenizer_from_json(cached, str(path))
+                    self._tokenizer = tokenizer_from_json(cached, str(path), "delete this cached file; it is rebuilt")
                 else:
                     self._tokenizer = BPETokenizer.train(self._read_stories()[0], c.vocab_size)
                     token_cache.save_text(path, self._tokenizer.to_json())
@@ -135,7 +135,11 @@ class TinyStoriesData(parallax.DataSource):
         f = Path(path) / TOKENIZER_FILE
         if not f.is_file():
             raise parallax.CheckpointError(f"{path}: no {TOKENIZER_FILE}; this checkpoint was not written by a text run")
-        self._tokenizer = tokenizer_from_json(f.read_text(encoding="utf-8"), str(f))
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise parallax.CheckpointError(f"{f}: not a tokenizer (not UTF-8 text); use the tokenizer.json the run saved") from None
+        self._tokenizer = tokenizer_from_json(text, str(f))
         self._restored = True
 
     def batch(self, step: int, rank: int = 0) -> dict[str, torch.Tensor]:

@@ -77,12 +77,13 @@ class BPETokenizer(parallax.Tokenizer):
         return self.tok.to_str()
 
 
-def tokenizer_from_json(text: str, where: str = "tokenizer.json") -> parallax.Tokenizer:
-    """The tokenizer a ``to_json`` document describes."""
+def tokenizer_from_json(text: str, where: str = "tokenizer.json",
+                        fix: str = "use the tokenizer.json the run saved") -> parallax.Tokenizer:
+    """The tokenizer a ``to_json`` document describes; ``fix`` ends the error line if it is not one."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        raise parallax.CheckpointError(f"{where}: not a tokenizer (invalid JSON); use the tokenizer.json the run saved") from None
+        raise parallax.CheckpointError(f"{where}: not a tokenizer (invalid JSON); {fix}") from None
     if isinstance(data, dict) and data.get("parallax_tokenizer") == "byte":
         return ByteTokenizer()
     try:
@@ -92,4 +93,4 @@ def tokenizer_from_json(text: str, where: str = "tokenizer.json") -> parallax.To
     try:
         return BPETokenizer(Tokenizer.from_str(text))
     except Exception as e:  # tokenizers raises a generic Exception for a malformed document
-        raise parallax.CheckpointError(f"{where}: not a readable tokenizer ({str(e).splitlines()[0]})") from None
+        raise parallax.CheckpointError(f"{where}: not a readable tokenizer ({str(e).splitlines()[0]}); {fix}") from None

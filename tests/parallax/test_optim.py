@@ -60,6 +60,9 @@ def test_muon_steps_schedules_and_round_trips(make_tiny_recipe):
     fresh = build_optimizer(model, recipe.train)
     fresh.load_state_dict(opt.state_dict())
     assert fresh.state_dict()["muon"]["state"].keys() == opt.state_dict()["muon"]["state"].keys()
+    # after loading, a scheduler stepping the outer groups still reaches the groups each half reads
+    inner = fresh.muon.param_groups + fresh.adamw.param_groups
+    assert len(fresh.param_groups) == len(inner) and all(a is b for a, b in zip(fresh.param_groups, inner))
 
 
 def test_muon_options_are_validated_on_both_sides(make_tiny_recipe):

@@ -131,3 +131,77 @@ def test_torchrun_two_process_gloo_trains(tiny_recipe, tmp_path):
     recs = [r for r in metrics(out) if "loss" in r]
     assert len(recs) == 6  # rank 0 alone logs
     assert (out / "step-00000006" / "model.safetensors").exists()
+
+
+def test_nan_loss_with_finite_weights_saves_nothing_and_keeps_the_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+    # weights that give a NaN loss are not a state to resume from, even when every weight is finite
+    recipe = load_recipe(str(tiny_recipe), ["train.max_steps=6", "train.save_every=3", "train.keep_last_n=1"])
+    trainer = Trainer(recipe)
+    real = Trainer.train_step
+
+    def nan_batch(self, batch):
+        if self.step == 4:
+            real_net = self.net
+            self.net = lambda x: type(real_net(x))(logits=real_net(x).logits * float("nan"), k=None)
+            try:
+                return real(self, batch)
+            finally:
+                self.net = real_net
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", nan_batch)
+    with pytest.raises(TrainingError, match="loss became nan at step 5; nothing was saved; .*step-00000003"):
+        trainer.fit()
+    # the weights after step 4 were not saved, and so did not push step 3 out (keep_last_n=1)
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-00000003"]
+
+
+def test_resume_applies_the_recipes_optimizer_options(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe), "train.max_steps=4", "train.save_every=4"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tiny_recipe), "train.max_steps=6", "train.resume=auto", "train.log_every=1",
+                 "train.optimizer.lr=0.5", "train.optimizer.betas=[0.8,0.9]", "train.schedule.warmup_steps=0",
+                 "train.schedule.min_lr_ratio=1.0"]) == 0
+    err = capsys.readouterr().err
+    assert "train.optimizer.lr: the recipe's 0.5" in err and "train.optimizer.betas" in err
+    lrs = [r["lr"] for r in metrics(tmp_path / "run") if "loss" in r and r["step"] > 4]
+    assert lrs == [pytest.approx(0.5), pytest.approx(0.5)]  # a flat schedule at the new lr
+    state = torch.load(tmp_path / "run" / "step-00000006" / "trainer_state.pt", weights_only=False)
+    assert all(tuple(g["betas"]) == (0.8, 0.9) for g in state["optimizer"]["param_groups"])
+
+
+def test_resume_with_another_optimizer_starts_its_state_fresh(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe), "train.max_steps=4", "train.save_every=4"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tiny_recipe), "train.max_steps=6", "train.resume=auto",
+                 "train.optimizer.type=sgd", "train.optimizer.momentum=0.9"]) == 0
+    assert "the checkpoint's optimizer is adamw, the recipe's sgd" in capsys.readouterr().err
+    state = torch.load(tmp_path / "run" / "step-00000006" / "trainer_state.pt", weights_only=False)
+    assert state["optimizer_type"] == "sgd" and "momentum" in state["optimizer"]["param_groups"][0]
+
+
+def test_a_torn_metrics_line_does_not_block_resume(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe), "train.max_steps=4", "train.save_every=4"]) == 0
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 4.8')  # the run was killed mid-write
+    capsys.readouterr()
+    assert main(["run", str(tiny_recipe), "train.max_steps=6", "train.resume=auto"]) == 0
+    assert "dropped 1 unreadable line" in capsys.readouterr().err
+    assert [r["step"] for r in metrics(tmp_path / "run") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigterm_saves_the_run_like_ctrl_c(tiny_recipe, tmp_path):
+    out = tmp_path / "term"
+    proc = subprocess.Popen(_cli("run", str(tiny_recipe), "train.max_steps=100000", "train.save_every=100000",
+                                 "train.eval_every=100000", f"out_dir={out}"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 2, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    saved = list(out.glob("step-*"))
+    assert len(saved) == 1 and (saved[0] / "model.safetensors").exists()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from parallax.cli.main import main
 
 
@@ -30,8 +32,10 @@ def test_bench_halting_reports_the_three_settings(tiny_recipe, capsys):
 
 
 def test_bench_halting_rejects_an_empty_batch(tiny_recipe, capsys):
-    assert main(["bench", "halting", str(tiny_recipe), "--batch-size", "0"]) == 2
-    assert "--batch-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse checks the count
+        main(["bench", "halting", str(tiny_recipe), "--batch-size", "0"])
+    assert e.value.code == 2
+    assert "--batch-size: must be at least 1" in capsys.readouterr().err
 
 
 def test_bench_halting_incremental_settles_one_position_at_a_time(tiny_recipe, capsys):

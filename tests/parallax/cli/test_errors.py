@@ -51,6 +51,13 @@ OVERRIDE_CASES = [
     (["~model.decoder"], ["model.decoder", "missing"]),
     (["model.halting.type=sometimes"], ["model.halting.type", "momentum"]),
     (["train.batch_size=-1"], ["train.batch_size"]),
+    # option values the optimizer itself rejects, and optimizers the trainer cannot drive
+    (["train.optimizer.betas=5"], ["train.optimizer", "AdamW"]),
+    (["train.optimizer.type=sgd", "train.optimizer.momentum=abc"], ["train.optimizer", "SGD"]),
+    (["train.optimizer.type=lbfgs"], ["train.optimizer", "LBFGS"]),
+    (["train.optimizer.type=sparseadam"], ["train.optimizer", "dense gradients"]),
+    (["train.optimizer.type=muon", "train.optimizer.adamw.betas=[2,3]"], ["train.optimizer", "beta"]),
+    (["train.threads=100000"], ["train.threads", "1024"]),
 ]
 
 
@@ -74,8 +81,9 @@ def test_recipe_is_a_directory(capsys, tmp_path):
         ("", ["empty"]),
         ("- a\n- b\n", ["mapping"]),
         ("seed: 0\n", ["model", "missing"]),
+        ("a: &x [*x]\n", ["alias", "loop"]),
     ],
-    ids=["syntax", "empty", "list", "no-model"],
+    ids=["syntax", "empty", "list", "no-model", "alias-loop"],
 )
 def test_malformed_recipe_file(capsys, tmp_path, text, needles):
     p = tmp_path / "bad.yaml"
@@ -119,3 +127,39 @@ def test_cp_refuses_to_overwrite(capsys, tmp_path):
     dest = tmp_path / "r.yaml"
     dest.write_text("x")
     check(capsys, ["cp", "recall", str(dest)], "already exists", "--force")
+
+
+COUNT_CASES = [
+    (["bench", "kernels", "--repeats", "0"], ["--repeats", "at least 1"]),
+    (["bench", "halting", "recall", "--batches", "0"], ["--batches", "at least 1"]),
+    (["bench", "halting", "recall", "--repeats", "x"], ["--repeats", "whole number"]),
+    (["bench", "dynamics", "runs/x", "--k", "0"], ["--k", "at least 1"]),
+    (["bench", "compare", "recall", "--minutes", "-1"], ["--minutes", "> 0"]),
+    (["generate", "runs/x", "--prompt", "a", "--temperature", "nan"], ["--temperature", "finite"]),
+    (["generate", "runs/x", "--prompt", "a", "--temperature", "-1"], ["--temperature", ">= 0"]),
+    (["generate", "runs/x", "--prompt", "a", "--threads", "100000"], ["--threads", "at most 1024"]),
+]
+
+
+@pytest.mark.parametrize("argv,needles", COUNT_CASES, ids=[" ".join(c[0]) for c in COUNT_CASES])
+def test_bad_counts_and_numbers_are_one_line(capsys, argv, needles):
+    check(capsys, argv, *needles)
+
+
+def test_override_after_a_flag_says_where_it_goes(capsys, tiny_recipe):
+    check(capsys, ["bench", "halting", str(tiny_recipe), "--json", "train.batch_size=2"],
+          "train.batch_size=2", "before the --options")
+
+
+def test_unwritable_out_dir_is_one_line(capsys, tiny_recipe, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    check(capsys, ["run", str(tiny_recipe), f"out_dir={blocker / 'run'}"], str(blocker), "writable")
+
+
+def test_resume_from_a_run_directory_names_its_checkpoint(capsys, tiny_recipe, tmp_path):
+    assert main(["run", str(tiny_recipe), "train.max_steps=2", "train.save_every=2"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    check(capsys, ["run", str(tiny_recipe), f"out_dir={tmp_path / 'other'}", f"train.resume={run}"],
+          "is a run directory", "step-00000002")
