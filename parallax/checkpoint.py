@@ -98,7 +98,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(f), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); resume from an earlier step-* with train.resume=PATH") from None
+        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); use an earlier step-* folder (train.resume=PATH to train on from it)") from None
 
 
 def check_plugins(path: str | Path, registry: Registry) -> None:
@@ -108,6 +108,10 @@ def check_plugins(path: str | Path, registry: Registry) -> None:
     for key, provider in used.items():
         kind, name = key.split("/", 1)
         if kind in registry.entries and name not in registry.entries[kind]:
+            skipped = registry.skipped.get(provider.split("==")[0])
+            if skipped:
+                raise CheckpointError(f"{path}: needs {kind[:-1].replace('_', ' ')} '{name}' from {provider}, which is "
+                                      f"installed but {skipped}; change that variable")
             raise CheckpointError(
                 f"{path}: needs {kind[:-1].replace('_', ' ')} '{name}' from {provider}, which is not installed; "
                 f"pip install {provider.split('==')[0]}"
@@ -125,7 +129,7 @@ def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
     try:
         state = load_file(str(f))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{f}: corrupt or unreadable ({str(e).splitlines()[0]}); resume from an earlier step-* with train.resume=PATH") from None
+        raise CheckpointError(f"{f}: corrupt or unreadable ({str(e).splitlines()[0]}); use an earlier step-* folder (train.resume=PATH to train on from it)") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -149,4 +153,4 @@ def load_trainer_state(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no trainer_state.pt; the checkpoint is incomplete") from None
     except Exception as e:  # torch raises several types for truncated pickles
-        raise CheckpointError(f"{f}: corrupt ({type(e).__name__}); resume from an earlier step-* with train.resume=PATH") from None
+        raise CheckpointError(f"{f}: corrupt ({type(e).__name__}); use an earlier step-* folder (train.resume=PATH to train on from it)") from None

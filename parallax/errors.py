@@ -28,3 +28,9 @@ class CheckpointError(ParallaxError):
 
 class TrainingError(ParallaxError):
     """Training cannot continue (for example a non-finite loss); the last checkpoint is kept."""
+
+
+class Interrupted(TrainingError):
+    """Ctrl-C or SIGTERM during a run; the run was saved. Exit 130, as for any interrupted command."""
+
+    exit_code = 130

@@ -111,8 +111,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
             raise ConfigError(f"{key}: cannot parse override value '{value}' as YAML") from None
+        # a mapping that names another plugin type replaces the component: the old type's options
+        # (a motor decoder's layers) mean nothing to the new one (a classifier)
+        current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        swap = (isinstance(parsed, dict) and "type" in parsed and OmegaConf.is_dict(current)
+                and current.get("type") != parsed["type"])
         try:
-            OmegaConf.update(cfg, key, parsed, merge=True, force_add=True)
+            OmegaConf.update(cfg, key, parsed, merge=not swap, force_add=True)
         except (OmegaConfBaseException, ValueError, IndexError, TypeError) as e:
             raise ConfigError(f"{key}: cannot apply override '{item}' ({_omega_msg(e)})") from None
     try:

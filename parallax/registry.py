@@ -49,6 +49,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in hookspecs.KINDS}
+        self.skipped: dict[str, str] = {}  # distribution -> the variable that kept its plugin out
 
     # -- loading ---------------------------------------------------------------------------
     def load_entry_points(self) -> "Registry":
@@ -63,6 +64,9 @@ class Registry:
             dist = _dist_name(ep)
             builtin = dist == BUILTIN_DIST
             if ep.name in blocked or (not builtin and allowed is not None and ep.name not in allowed):
+                why = "PARALLAX_DISABLE_PLUGINS" if ep.name in blocked else "PARALLAX_LOAD_PLUGINS"
+                note = f"plugin '{ep.name}' is kept out by {why}"
+                self.skipped[dist or ep.name] = f"{self.skipped[dist or ep.name]}, {note}" if dist in self.skipped else note
                 continue
             if ep.name in self.plugins:
                 first = self.plugins[ep.name]
@@ -83,6 +87,9 @@ class Registry:
                 self.plugins[ep.name] = info
                 continue
             self.add(module, info)
+        for name in sorted((allowed or set()) - {ep.name for ep in eps}):
+            self.plugins[name] = PluginInfo(name, "", None, None, False,
+                                            error="named in PARALLAX_LOAD_PLUGINS, but no installed package provides it")
         return self
 
     def add(self, module: Any, info: PluginInfo) -> None:
@@ -152,6 +159,8 @@ class Registry:
         msg += f" (registered: {', '.join(sorted(entries)) or 'none'})"
         if broken:
             msg += "; broken plugins: " + "; ".join(f"{p.name}: {p.error}" for p in broken)
+        if self.skipped:
+            msg += "; not loaded: " + "; ".join(sorted(self.skipped.values()))
         raise PluginError(msg)
 
     def entry(self, kind: str, name: str) -> Entry:

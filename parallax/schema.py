@@ -75,7 +75,7 @@ class Recipe(Strict):
     """A whole recipe. ``model`` and ``data`` are components chosen by registry name."""
 
     seed: int = 0
-    out_dir: str = Field("runs/default", description="run directory: metrics.jsonl and step-XXXXXXXX/")
+    out_dir: str = Field("runs/default", min_length=1, description="run directory: metrics.jsonl and step-XXXXXXXX/")
     model: Component("models")  # type: ignore[valid-type]
     data: Component("data_sources")  # type: ignore[valid-type]
     train: TrainConfig = TrainConfig()

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import checkpoint as ckpt
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, Interrupted, TrainingError
 from .diagnostics import collect as collect_diagnostics
 from .evaluate import evaluate
 from .model import build_model
@@ -341,7 +341,7 @@ class Trainer:
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (``parallax run`` turns it into this)
             done = self.out_dir / f"step-{self.step:08d}"
             saved = done if done.exists() else self.save() if self.step > 0 else None
-            raise TrainingError(f"interrupted at step {self.step}; saved {saved}; continue with train.resume=auto") from None
+            raise Interrupted(f"interrupted at step {self.step}; saved {saved}; continue with train.resume=auto") from None
         summary = {
             "step": self.step, "stop": stop_reason, "train_seconds": round(time.time() - start_time, 1),
             "world_size": self.world, **{k: v for k, v in last_eval.items() if k != "step"},

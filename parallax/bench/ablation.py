@@ -23,15 +23,14 @@ from ..evaluate import evaluate
 from ..model import build_model
 from ..recipe import load_recipe
 from ..registry import get_registry
+from ..runs import find_checkpoint
 from ..trainer import build_data, resolve_device
 
 
 def load_run(run_dir: str | Path):
-    """(recipe, model in eval mode, data source, checkpoint path) of the newest checkpoint in ``run_dir``."""
-    run = Path(run_dir)
-    found = ckpt.latest(run)
-    if found is None:
-        raise ConfigError(f"{run}: holds no step-XXXXXXXX checkpoint; give the out_dir of a run that saved one")
+    """(recipe, model in eval mode, data source, checkpoint path) of the newest checkpoint in ``run_dir``,
+    or of ``run_dir`` itself when it is one step-XXXXXXXX/ folder."""
+    found = find_checkpoint(run_dir)
     registry = get_registry()
     ckpt.check_plugins(found, registry)
     recipe = load_recipe(str(found / "config.yaml"), [], registry)

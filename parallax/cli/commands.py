@@ -150,7 +150,8 @@ def cmd_eval(args, out: Console, err: Console) -> int:
         return 0
     metric = (f"accuracy {result['val_accuracy']:.4f}" if "val_accuracy" in result
               else f"perplexity {result['val_perplexity']:.3f}")
-    out.print(f"{run.checkpoint}: val_loss {result['val_loss']:.4f}  {metric}  mean K {result.get('val_k_mean', float('nan')):.2f}")
+    k = f"  mean K {result['val_k_mean']:.2f}" if result.get("val_k_mean") is not None else ""  # models without a K loop
+    out.print(f"{run.checkpoint}: val_loss {result['val_loss']:.4f}  {metric}{k}")
     hist = result.get("k_histogram", {})
     if hist:
         total = sum(hist.values())

@@ -36,6 +36,8 @@ class Parser(argparse.ArgumentParser):
                 hint = "; put key=value overrides before the --options"
             elif flag.startswith("-"):
                 hint = f"; recipe options are overrides such as train.max_steps=100 (see `{self.prog} --help`)"
+        elif "the following arguments are required" in message:
+            message = message.replace(", overrides", "")  # overrides (nargs="*") are optional
         elif "invalid choice" in message and "argument command" in message:
             word = message.split("'")[1] if "'" in message else ""
             close = difflib.get_close_matches(word, COMMANDS, n=1)
@@ -159,7 +161,7 @@ def build_parser() -> Parser:
     hb.add_argument("--repeats", type=_count, default=5, help="interleaved repeats; the median is reported")
     hb.add_argument("--json", action="store_true")
     a = bsub.add_parser("ablation", help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")
-    a.add_argument("run_dir", help="a run's out_dir; its newest checkpoint is evaluated")
+    a.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
     a.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.9],
                    help="fractions of entries to leave out (default 0.25 0.5 0.9)")
     a.add_argument("--seeds", type=int, nargs="+", default=[0], help="which random subsets (default 0)")

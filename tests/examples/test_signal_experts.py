@@ -79,7 +79,27 @@ def test_its_recipe_trains_and_the_run_names_the_plugin(trained):
 def test_without_the_package_its_checkpoint_names_what_to_install(trained, capsys, monkeypatch):
     _, out_dir, _ = trained
     ckpt = out_dir / "step-00000003"
-    monkeypatch.setenv("PARALLAX_DISABLE_PLUGINS", "signal_experts")  # as if it were not installed
+    from parallax import registry as regmod
+
+    real = regmod.entry_points
+    monkeypatch.setattr(regmod, "entry_points",  # as if the package were not installed
+                        lambda group: [ep for ep in real(group=group) if ep.name != "signal_experts"])
+    get_registry(refresh=True)
+    try:
+        rc = main(["run", str(ckpt / "config.yaml"), f"train.resume={ckpt}", "train.max_steps=4"])
+    finally:
+        monkeypatch.setattr(regmod, "entry_points", real)
+        get_registry(refresh=True)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "needs expert 'causal_conv' from parallax-signal-experts==0.1.0" in err
+    assert err.endswith("pip install parallax-signal-experts")
+
+
+def test_when_kept_out_by_the_deny_list_its_checkpoint_says_so(trained, capsys, monkeypatch):
+    _, out_dir, _ = trained
+    ckpt = out_dir / "step-00000003"
+    monkeypatch.setenv("PARALLAX_DISABLE_PLUGINS", "signal_experts")
     get_registry(refresh=True)
     try:
         rc = main(["run", str(ckpt / "config.yaml"), f"train.resume={ckpt}", "train.max_steps=4"])
@@ -88,8 +108,7 @@ def test_without_the_package_its_checkpoint_names_what_to_install(trained, capsy
         get_registry(refresh=True)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
-    assert "needs expert 'causal_conv' from parallax-signal-experts==0.1.0" in err
-    assert err.endswith("pip install parallax-signal-experts")
+    assert "installed but plugin 'signal_experts' is kept out by PARALLAX_DISABLE_PLUGINS" in err
 
 
 def test_the_allow_list_can_leave_it_out(site, monkeypatch, capsys):

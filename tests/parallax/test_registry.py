@@ -90,6 +90,19 @@ def test_allow_and_deny_lists(fake_eps, monkeypatch):
     assert "exp_a" in names and "exp_b" not in names
 
 
+def test_a_kept_out_plugin_is_named_as_such(fake_eps, monkeypatch):
+    fake_module("kept_out_mod", ["exp_kept"])
+    fake_eps(EntryPoint("kept", "kept_out_mod", "parallax"))
+    monkeypatch.setenv("PARALLAX_DISABLE_PLUGINS", "kept")
+    reg = Registry().load_entry_points()
+    with pytest.raises(PluginError, match="not loaded: plugin 'kept' is kept out by PARALLAX_DISABLE_PLUGINS"):
+        reg.get("experts", "exp_kept")
+    monkeypatch.delenv("PARALLAX_DISABLE_PLUGINS")
+    monkeypatch.setenv("PARALLAX_LOAD_PLUGINS", "nosuch")
+    reg = Registry().load_entry_points()
+    assert "no installed package provides it" in reg.plugins["nosuch"].error
+
+
 def test_unknown_name_suggests_and_lists():
     reg = Registry().load_entry_points()
     with pytest.raises(PluginError, match=r"did you mean 'siren'\?.*registered: attention_probe"):

@@ -33,9 +33,12 @@ def test_bank_diagnostics_reach_metrics_and_the_ablation_json(make_tiny_recipe, 
 
 def test_ablation_errors_are_one_line(tiny_recipe, tmp_path, capsys):
     assert main(["bench", "ablation", str(tmp_path)]) == 2
-    assert "holds no step-XXXXXXXX checkpoint" in capsys.readouterr().err
+    assert "holds no checkpoint (step-XXXXXXXX/)" in capsys.readouterr().err
     train(tiny_recipe, tmp_path / "run", steps=1)
     assert main(["bench", "ablation", str(tmp_path / "run")]) == 2
+    assert "no component of this model supports ablation" in capsys.readouterr().err
+    step = next((tmp_path / "run").glob("step-*"))  # one checkpoint folder is accepted as well
+    assert main(["bench", "ablation", str(step)]) == 2
     assert "no component of this model supports ablation" in capsys.readouterr().err
     assert main(["bench", "ablation", str(tmp_path / "run"), "--fractions", "1.5"]) == 2
     assert "--fractions" in capsys.readouterr().err

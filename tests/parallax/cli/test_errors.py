@@ -58,6 +58,7 @@ OVERRIDE_CASES = [
     (["train.optimizer.type=sparseadam"], ["train.optimizer", "dense gradients"]),
     (["train.optimizer.type=muon", "train.optimizer.adamw.betas=[2,3]"], ["train.optimizer", "beta"]),
     (["train.threads=100000"], ["train.threads", "1024"]),
+    (["out_dir="], ["out_dir", "at least 1 character"]),
 ]
 
 
@@ -163,3 +164,8 @@ def test_resume_from_a_run_directory_names_its_checkpoint(capsys, tiny_recipe, t
     run = tmp_path / "run"
     check(capsys, ["run", str(tiny_recipe), f"out_dir={tmp_path / 'other'}", f"train.resume={run}"],
           "is a run directory", "step-00000002")
+
+
+def test_run_without_a_recipe_names_only_what_is_required(capsys):
+    rc, err = run_cli(capsys, "run")
+    assert rc == 2 and "required: recipe" in err and "overrides" not in err
