@@ -11,16 +11,28 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from .errors import ConfigError
 from .kloop import settle
 from .protocols import DataInfo, ModelOutput
 from .registry import Registry, get_registry
 from .schema import Component, Spec
 
 
-def build_component(kind: str, cfg: Spec, d_model: int, info: DataInfo, registry: Registry | None = None):
-    """Instantiate the ``kind`` component named by ``cfg.type`` with its validated options."""
+def build_component(kind: str, cfg: Spec, d_model: int, info: DataInfo, registry: Registry | None = None,
+                    where: str | None = None):
+    """Instantiate the ``kind`` component named by ``cfg.type`` with its validated options.
+
+    ``where`` is the component's key path in the recipe (``model.experts.1``): a plugin's error that
+    names its option as ``TYPE.option`` is reported at that path, where the user can find it.
+    """
     cls = (registry or get_registry()).get(kind, cfg.type)
-    return cls(cfg, d_model, info)
+    try:
+        return cls(cfg, d_model, info)
+    except ConfigError as e:
+        msg = str(e)
+        if where and msg.startswith(f"{cfg.type}."):
+            raise ConfigError(f"{where}.{msg[len(cfg.type) + 1:]}") from None
+        raise
 
 
 def build_model(cfg: Spec, info: DataInfo, registry: Registry | None = None) -> nn.Module:
@@ -73,7 +85,8 @@ class CWSModel(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.encoder = build_component("encoders", cfg.encoder, d, info, registry)
-        self.experts = nn.ModuleList(build_component("experts", e, d, info, registry) for e in cfg.experts)
+        self.experts = nn.ModuleList(build_component("experts", e, d, info, registry, f"model.experts.{i}")
+                                     for i, e in enumerate(cfg.experts))
         self.workspace = build_component("workspaces", cfg.workspace, d, info, registry)
         self.halting = registry.get("halting_rules", cfg.halting.type)(cfg.halting)
         self.decoder = build_component("decoders", cfg.decoder, d, info, registry)

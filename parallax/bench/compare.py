@@ -266,7 +266,7 @@ def _same_seed_and_data(recipes: list, refs: list[str]) -> None:
         b = r.data.model_dump(mode="json", serialize_as_any=True)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if diff:
-            k = diff[0]
+            k = "type" if "type" in diff else diff[0]  # another data source explains every other difference
             raise ConfigError(f"{ref}: data.{k} is {b.get(k)!r} but {refs[0]} has {a.get(k)!r}; the recipes must share "
                               f"their data block (override data.{k}=... for all)")
 
@@ -312,8 +312,12 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
             raise ConfigError("--match-params: no recipe after the first has a baseline model with a width option (n_embd or d_model) to scale")
 
     root = Path(out) if out else Path(tempfile.mkdtemp(prefix="parallax-compare-"))
-    root.mkdir(parents=True, exist_ok=True)
     names = _run_names(refs)
+    taken = [n for n in names if (root / n).exists()]
+    if taken:
+        raise ConfigError(f"--out: {root / taken[0]} already exists (an earlier comparison); give a new --out "
+                          f"or remove that folder")
+    root.mkdir(parents=True, exist_ok=True)
     runs = []
     try:
         for ref, name, recipe_overrides, m in zip(refs, names, per_recipe, matched):

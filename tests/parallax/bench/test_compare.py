@@ -163,3 +163,20 @@ def test_recipes_must_share_seed_and_data(pair, tmp_path, capsys):
     # one override for all makes them agree again (checked without training: an unknown key fails after)
     assert main(["bench", "compare", str(pair[0]), str(other), "data.n_pairs=2", "seed=1", "bogus=1"]) == 2
     assert "bogus: unknown key" in capsys.readouterr().err
+
+
+def test_another_data_source_is_named_by_its_type(pair, tmp_path, capsys):
+    other = tmp_path / "digits.yaml"
+    data = yaml.safe_load(pair[1].read_text())
+    data["data"] = {"type": "digits"}
+    other.write_text("# parallax run digits.yaml\n" + yaml.safe_dump(data))
+    assert main(["bench", "compare", str(pair[0]), str(other), "--steps", "1"]) == 2
+    assert "data.type is 'digits'" in capsys.readouterr().err
+
+
+def test_an_out_folder_from_an_earlier_comparison_is_not_reused(pair, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    (out / pair[0].stem).mkdir(parents=True)  # as an earlier comparison left it
+    assert main(["bench", "compare", *map(str, pair), "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "new --out" in err and len(err.strip().splitlines()) == 1
