@@ -112,8 +112,8 @@ class TinyStoriesData(parallax.DataSource):
                 token_cache.save_arrays(path, self._ids)
             if len(self._ids["train"]) < self.cfg.seq_len + 2:
                 raise parallax.ConfigError(
-                    f"data.seq_len: the training stories hold {len(self._ids['train'])} tokens, fewer than "
-                    f"seq_len + 2 ({self.cfg.seq_len + 2}); lower data.seq_len or give more text"
+                    f"data.files: the training split of these stories holds {len(self._ids['train'])} tokens, "
+                    f"fewer than data.seq_len + 2 ({self.cfg.seq_len + 2}); give more text or lower data.seq_len"
                 )
         return self._ids
 
