@@ -66,6 +66,8 @@ def cmd_cp(args, out: Console, err: Console) -> int:
     name = Path(args.name).stem if args.name.endswith(".yaml") else args.name
     if name not in shipped:
         raise ConfigError(f"{args.name}: no built-in recipe of that name (built-in: {', '.join(shipped) or 'none'})")
+    if not args.dest.strip():
+        raise ConfigError("cp: DEST is empty; give a file name (my.yaml) or a directory (.)")
     dest = Path(args.dest)
     if dest.is_dir():
         dest = dest / f"{name}.yaml"

@@ -170,3 +170,7 @@ def test_resume_from_a_run_directory_names_its_checkpoint(capsys, tiny_recipe, t
 def test_run_without_a_recipe_names_only_what_is_required(capsys):
     rc, err = run_cli(capsys, "run")
     assert rc == 2 and "required: recipe" in err and "overrides" not in err
+
+
+def test_cp_to_an_empty_destination_is_refused(capsys):
+    check(capsys, ["cp", "recall", ""], "DEST is empty")
