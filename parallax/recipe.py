@@ -113,7 +113,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"{key}: cannot parse override value '{value}' as YAML") from None
         # a mapping that names another plugin type replaces the component: the old type's options
         # (a motor decoder's layers) mean nothing to the new one (a classifier)
-        current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        try:
+            current = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        except OmegaConfBaseException:  # e.g. a list indexed by a word: update() below names the problem
+            current = None
         swap = (isinstance(parsed, dict) and "type" in parsed and OmegaConf.is_dict(current)
                 and current.get("type") != parsed["type"])
         try:
@@ -150,7 +153,7 @@ def validate(data: dict, registry: Registry | None = None) -> Recipe:
     except ValidationError as e:
         raise ConfigError(_format(e, Recipe, [])) from None
     _resolve_components(recipe, [], registry, recipe._components)
-    _check_optimizer(recipe.train.optimizer, ["train", "optimizer"])
+    _check_optimizer(recipe.train.optimizer, ["train", "optimizer"], _trial_device(recipe.train.device))
     return recipe
 
 
@@ -213,7 +216,17 @@ def _resolve_one(kind: str, spec: Spec, path: list, registry: Registry, seen: li
     return cfg
 
 
-def _check_optimizer(cfg: OptimizerConfig, path: list) -> None:
+def _trial_device(device: str) -> str:
+    """Where the optimizer is tried: cuda or cpu where the run would train here, or ``elsewhere``
+    for a CUDA run read on a machine without CUDA (to evaluate it, say)."""
+    import torch
+
+    if device == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu" if device == "auto" else "elsewhere"
+
+
+def _check_optimizer(cfg: OptimizerConfig, path: list, device: str = "cpu") -> None:
     import torch
 
     names = {n.lower(): n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
@@ -240,10 +253,10 @@ def _check_optimizer(cfg: OptimizerConfig, path: list) -> None:
             dym = f"; did you mean '{hint[0]}'?" if hint else ""
             raise ConfigError(f"{_dotted(path + [key])}: not an option of torch.optim.{names[cfg.type.lower()]}{dym} (allowed: {', '.join(allowed)})")
     if path == ["train", "optimizer"]:
-        _try_optimizer(cfg, names[cfg.type.lower()], path)
+        _try_optimizer(cfg, names[cfg.type.lower()], path, device)
 
 
-def _try_optimizer(cfg: OptimizerConfig, name: str, path: list) -> None:
+def _try_optimizer(cfg: OptimizerConfig, name: str, path: list, device: str = "cpu") -> None:
     """Build the optimizer on a toy model, as the trainer builds it, and take one step, so that a
     bad option value (``betas: 5``) or an optimizer the trainer cannot drive (LBFGS wants a closure,
     SparseAdam sparse gradients) fails here, in one line, and not after the run has started."""
@@ -251,11 +264,14 @@ def _try_optimizer(cfg: OptimizerConfig, name: str, path: list) -> None:
 
     from .trainer import make_optimizer
 
+    if device == "elsewhere" and (cfg.model_extra or {}).get("capturable"):
+        return  # a CUDA-only option of a CUDA run: it can only be tried where the run will train
+    device = "cpu" if device == "elsewhere" else device
     with torch.random.fork_rng(devices=[]):
-        toy = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        toy = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)).to(device)
         try:
             opt = make_optimizer(toy, cfg)
-            toy(torch.ones(2, 4)).square().sum().backward()
+            toy(torch.ones(2, 4, device=device)).square().sum().backward()
             opt.step()
         except Exception as e:  # torch raises TypeError, ValueError or RuntimeError for these
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

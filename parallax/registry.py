@@ -65,8 +65,8 @@ class Registry:
             builtin = dist == BUILTIN_DIST
             if ep.name in blocked or (not builtin and allowed is not None and ep.name not in allowed):
                 why = "PARALLAX_DISABLE_PLUGINS" if ep.name in blocked else "PARALLAX_LOAD_PLUGINS"
-                note = f"plugin '{ep.name}' is kept out by {why}"
-                self.skipped[dist or ep.name] = f"{self.skipped[dist or ep.name]}, {note}" if dist in self.skipped else note
+                note, key = f"plugin '{ep.name}' is kept out by {why}", dist or ep.name
+                self.skipped[key] = f"{self.skipped[key]}, {note}" if key in self.skipped else note
                 continue
             if ep.name in self.plugins:
                 first = self.plugins[ep.name]

@@ -10,8 +10,10 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +174,10 @@ class Trainer:
         # the recipe's optimizer options, taken before the saved state replaces the groups
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         saved_type = state.get("optimizer_type")
-        same_type = _group_keys(state.get("optimizer")) == _group_keys(self.optimizer.state_dict()) and (
-            saved_type is None or saved_type.lower() == self.cfg.optimizer.type.lower())
+        if saved_type is not None:
+            same_type = saved_type.lower() == self.cfg.optimizer.type.lower()
+        else:  # written before the type was saved: another type has other option names (a newer torch adds some)
+            same_type = _compatible_groups(_group_keys(state.get("optimizer")), _group_keys(self.optimizer.state_dict()))
         try:
             if same_type:
                 self.optimizer.load_state_dict(state["optimizer"])
@@ -204,8 +208,9 @@ class Trainer:
         groups = self.optimizer.param_groups
         changed: dict[str, tuple] = {}  # option -> (the recipe's value, the checkpoint's), first group that differs
         for g, f in zip(groups, fresh):
+            side = "adamw." if f.get("optimizer") == "adamw" and self.cfg.optimizer.type.lower() == "muon" else ""
             for k, v in f.items():
-                name = "lr" if k == "initial_lr" else k
+                name = side + ("lr" if k == "initial_lr" else k)
                 if k != "lr" and k in g and g[k] != v and name not in changed:
                     changed[name] = (v, g[k])
         for g, f in zip(groups, fresh):
@@ -339,8 +344,11 @@ class Trainer:
             if not last_eval or last_eval.get("step") != self.step:
                 last_eval = self._eval()
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (``parallax run`` turns it into this)
+            if not self.is_main:
+                raise Interrupted(f"rank {self.rank} interrupted at step {self.step}; rank 0 saves the run") from None
             done = self.out_dir / f"step-{self.step:08d}"
-            saved = done if done.exists() else self.save() if self.step > 0 else None
+            with _signals_held():  # a second Ctrl-C, or torchrun's SIGTERM to the survivors, must not cut the save short
+                saved = done if done.exists() else self.save() if self.step > 0 else None
             raise Interrupted(f"interrupted at step {self.step}; saved {saved}; continue with train.resume=auto") from None
         summary = {
             "step": self.step, "stop": stop_reason, "train_seconds": round(time.time() - start_time, 1),
@@ -385,6 +393,36 @@ def _group_keys(state: dict | None) -> list | None:
     if "param_groups" in state:
         return [sorted(k for k in g if k != "params") for g in state["param_groups"]]
     return [_group_keys(v) for _, v in sorted(state.items())]
+
+
+@contextmanager
+def _signals_held():
+    """Ignore SIGINT and SIGTERM inside the block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _compatible_groups(saved, fresh) -> bool:
+    """Whether each saved group's options are a subset or a superset of the fresh group's."""
+    if not isinstance(saved, list) or not isinstance(fresh, list) or len(saved) != len(fresh):
+        return False
+    for a, b in zip(saved, fresh):
+        if isinstance(a, list) and a and isinstance(a[0], list) or isinstance(b, list) and b and isinstance(b[0], list):
+            if not _compatible_groups(a, b):  # Muon + AdamW: each half
+                return False
+        elif a is None or b is None:
+            if a is not b:
+                return False
+        elif not (set(a) <= set(b) or set(b) <= set(a)):
+            return False
+    return True
 
 
 def _record(line: str) -> dict | None:

@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("parallax: interrupted\n")
         return 130
+    except BrokenPipeError:  # the reader went away (`parallax plugins | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush is quiet
+        return 0
     except OSError as e:  # a path that cannot be created, written or read: the user's to fix
         where = f"{e.filename}: " if e.filename else ""
         sys.stderr.write(f"parallax: error: {where}{e.strerror or e}; check that the path exists and is writable\n")

@@ -4,7 +4,10 @@ The parity tests run the kernels under ``TRITON_INTERPRET=1``, which executes th
 so never meets the compiler: a construct the interpreter accepts but ``triton.compile`` rejects
 (a non-constexpr shape, a type mismatch between branches, a helper's tuple return) would pass
 there and fail on the first CUDA call. Here each kernel is compiled ahead of time, through PTX to a
-cubin, for Ampere (sm_80) and Hopper (sm_90), in every specialisation the launcher can ask for.
+cubin, for Ampere (sm_80) and Hopper (sm_90): each tile of the shipped shapes, with and without
+halted positions, in float32, bfloat16 (also beside a float32 cum, as autocast gives) and float16,
+with the warp count the launcher picks. (Triton's specialisation of integer arguments equal to 1
+is not covered.)
 The compiler runs in a child process, since this process has the interpreter switched on.
 """
 from __future__ import annotations
@@ -20,17 +23,25 @@ import pytest
 pytest.importorskip("triton")
 
 ARCHS = (80, 90)
-DTYPES = ("fp32", "bf16")
-TILES = ((8, 4, 16), (16, 8, 8))  # (BS, BH, BD) of the shipped recipes (S=8, H=4, dh=16) and the text-wide shape
+# q/k/v dtype, then cum's: autocast gives bf16 projections beside a float32 cum
+DTYPES = ("fp32", "bf16", "bf16+fp32cum", "fp16")
+TILES = ((8, 4, 16), (8, 8, 32))  # (BS, BH, BD) of the shipped recipes (S=8, H=4, dh=16), and the text-wide shape (H=8, dh=32)
 FP32_ONLY = {"DECAY", "GDECAY_PART"}  # the launcher passes these as float32 whatever the inputs' dtype
+CUM_LIKE = {"CUM", "CUM_OUT", "RAW", "G_CUM", "GCUM0"}  # (N,H,S) tensors, in cum's dtype
 
 
 def _variants():
-    """(kernel, arch, dtype, constexprs) for every specialisation the launcher can request."""
+    """(kernel, arch, dtype, constexprs) for each tile, dtype mix and flag the launcher can request."""
     for arch, dtype, (bs, bh, bd), active in itertools.product(ARCHS, DTYPES, TILES, (True, False)):
         yield "fwd", arch, dtype, {"HAS_ACTIVE": active, "BS": bs, "BH": bh, "BD": bd}
     for arch, dtype, active, gcum in itertools.product(ARCHS, DTYPES, (True, False), (True, False)):
         yield "bwd", arch, dtype, {"HAS_ACTIVE": active, "HAS_GCUM": gcum, "BS": 8, "BH": 4, "BD": 16}
+    for arch, dtype in itertools.product(ARCHS, ("fp32", "bf16+fp32cum")):  # the widest tile, in both directions
+        yield "bwd", arch, dtype, {"HAS_ACTIVE": True, "HAS_GCUM": True, "BS": 8, "BH": 8, "BD": 32}
+
+
+def _warps(consts: dict) -> int:
+    return 4 if consts["BS"] * consts["BH"] * consts["BD"] >= 2048 else 2  # as fused._launch_shape
 
 
 def _name(kernel, arch, dtype, consts) -> str:
@@ -58,10 +69,13 @@ def _compile_all() -> dict:
             elif a in ("scale", "inv_ln_base"):
                 sig[a] = "fp32"
             else:
-                sig[a] = "*u8" if a == "ACTIVE" else "*fp32" if a in FP32_ONLY else f"*{dtype}"
+                data, _, cum = dtype.partition("+")
+                cum = cum.removesuffix("cum") or data
+                sig[a] = ("*u8" if a == "ACTIVE" else "*fp32" if a in FP32_ONLY
+                          else f"*{cum}" if a in CUM_LIKE else f"*{data}")
         src = ASTSource(fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
         try:
-            compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 2})
+            compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": _warps(consts)})
             ptx = compiled.asm["ptx"]
             target = next((line.strip() for line in ptx.splitlines() if line.startswith(".target")), "")
             results[_name(kernel, arch, dtype, consts)] = {"target": target, "cubin": len(compiled.asm["cubin"])}

@@ -205,3 +205,23 @@ def test_sigterm_saves_the_run_like_ctrl_c(tiny_recipe, tmp_path):
     assert "interrupted at step" in err and "Traceback" not in err
     saved = list(out.glob("step-*"))
     assert len(saved) == 1 and (saved[0] / "model.safetensors").exists()
+
+
+def test_old_checkpoints_keep_their_optimizer_state_across_a_torch_upgrade():
+    from parallax.trainer import _compatible_groups, _group_keys
+
+    model = torch.nn.Linear(4, 4)
+    adamw = _group_keys(torch.optim.AdamW(model.parameters()).state_dict())
+    older = [[k for k in g if k != "decoupled_weight_decay"] for g in adamw]  # a key newer torch added
+    sgd = _group_keys(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+    assert _compatible_groups(older, adamw) and _compatible_groups(adamw, adamw)
+    assert not _compatible_groups(adamw, sgd) and not _compatible_groups(sgd, adamw)
+
+
+def test_a_muon_resume_names_the_adamw_half_it_changed(tiny_recipe, tmp_path, capsys):
+    common = [str(tiny_recipe), "train.optimizer.type=muon", "train.optimizer.lr=0.02", "train.save_every=2"]
+    assert main(["run", *common, "train.max_steps=2"]) == 0
+    capsys.readouterr()
+    assert main(["run", *common, "train.max_steps=3", "train.resume=auto", "train.optimizer.adamw.lr=0.001"]) == 0
+    err = capsys.readouterr().err
+    assert "train.optimizer.adamw.lr: the recipe's 0.001" in err and "train.optimizer.lr:" not in err

@@ -59,6 +59,7 @@ OVERRIDE_CASES = [
     (["train.optimizer.type=muon", "train.optimizer.adamw.betas=[2,3]"], ["train.optimizer", "beta"]),
     (["train.threads=100000"], ["train.threads", "1024"]),
     (["out_dir="], ["out_dir", "at least 1 character"]),
+    (["model.experts.slots=2"], ["model.experts.slots", "cannot apply override"]),  # a list indexed by a word
     (["model.experts.1.heads=3"], ["model.experts.1.heads:", "d_model 16"]),  # a plugin's own check, at its path
 ]
 
