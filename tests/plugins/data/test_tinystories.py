@@ -157,3 +157,22 @@ def test_registered_and_datasets_imported_lazily():
     code = "import parallax.registry as r; r.get_registry(); import sys; print('datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+@pytest.mark.parametrize("content, expected", [(b"\xff\xfe", "not UTF-8"), (b"{not json", "invalid JSON")])
+def test_a_damaged_saved_tokenizer_is_one_error(tmp_path, content, expected):
+    step = tmp_path / "step-00000001"
+    step.mkdir()
+    (step / ts.TOKENIZER_FILE).write_bytes(content)
+    data = make(tmp_path, [write_txt(tmp_path / "a.txt")], tokenizer="byte")
+    with pytest.raises(ts.parallax.CheckpointError, match=expected):
+        data.restore(step)
+
+
+def test_a_damaged_cached_tokenizer_says_to_delete_it(tmp_path):
+    f = write_txt(tmp_path / "a.txt")
+    make(tmp_path, [f], tokenizer="bpe", vocab_size=300).ids()
+    cached = next((tmp_path / "cache").glob("bpe-*.json"))
+    cached.write_text("{not json")
+    with pytest.raises(ts.parallax.CheckpointError, match="delete this cached file"):
+        make(tmp_path, [f], tokenizer="bpe", vocab_size=300).tokenizer
