@@ -225,3 +225,18 @@ def test_a_muon_resume_names_the_adamw_half_it_changed(tiny_recipe, tmp_path, ca
     assert main(["run", *common, "train.max_steps=3", "train.resume=auto", "train.optimizer.adamw.lr=0.001"]) == 0
     err = capsys.readouterr().err
     assert "train.optimizer.adamw.lr: the recipe's 0.001" in err and "train.optimizer.lr:" not in err
+
+
+def test_an_interrupt_in_the_final_evaluation_keeps_the_last_steps(tiny_recipe, tmp_path, monkeypatch):
+    from parallax.errors import Interrupted
+
+    recipe = load_recipe(str(tiny_recipe), ["train.max_steps=5", "train.save_every=100", "train.eval_every=100"])
+    trainer = Trainer(recipe)
+
+    def interrupted_eval(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_eval", interrupted_eval)
+    with pytest.raises(Interrupted, match="interrupted at step 5; saved .*step-00000005"):
+        trainer.fit()
+    assert (tmp_path / "run" / "step-00000005" / "model.safetensors").exists()
