@@ -47,35 +47,37 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     adaptive, fixed = model.halting, fixed_halting(registry)
     k_max = model.k_max
 
-    def forward(x: torch.Tensor) -> tuple[float, int, list[int]]:
-        """Mean K, position-steps computed and each K loop's iterations, for one batch."""
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
+        """Each position's K, the position-steps computed and each K loop's iterations, for one batch."""
         if mode == "parallel":
             out = model(x)
-            return out.k.float().mean().item(), out.stats["work"], [int(out.k.max())]
+            return out.k, out.stats["work"], [int(out.k.max())]  # (B,T)
         state, ks = IncrementalState(model), []
         for t in range(x.shape[1]):
             _, k_t = state.feed(x[:, t : t + 1])  # one position: its K loop stops when it halts
             ks.append(int(k_t))
-        return sum(ks) / len(ks), sum(ks), ks
+        return torch.tensor(ks), sum(ks), ks
 
-    def run(rule, k: int) -> tuple[float, float, int, float]:
+    def run(rule, k: int) -> tuple[float, float, int, float, list[torch.Tensor]]:
+        """Seconds, mean K (of the batch means), position-steps, iterations per K loop, each batch's K."""
         model.halting, model.k_max = rule, k
         t0 = time.perf_counter()
-        ks, work, loops = [], 0, []
+        k_maps, work, loops = [], 0, []
         with torch.no_grad():
             for x in inputs:
-                k_mean, w, its = forward(x)
-                ks.append(k_mean)
+                k_map, w, its = forward(x)
+                k_maps.append(k_map)
                 work += w
                 loops += its
         if device.type == "cuda":
             torch.cuda.synchronize()
         model.k_max = k_max
-        return time.perf_counter() - t0, sum(ks) / len(ks), work, sum(loops) / len(loops)
+        k_mean = sum(km.float().mean().item() for km in k_maps) / len(k_maps)
+        return time.perf_counter() - t0, k_mean, work, sum(loops) / len(loops), k_maps
 
     run(adaptive, k_max)  # warm-up
-    _, m, _, _ = run(adaptive, k_max)
-    limits = _adaptive_limits(model, inputs) if mode == "parallel" else None
+    _, m, _, _, k_maps = run(adaptive, k_max)
+    limits = _adaptive_limits(k_maps, model.live_steps, k_max) if mode == "parallel" else None
     settings = {"a_adaptive": (adaptive, k_max), "b_fixed_round_m": (fixed, max(model.live_steps, round(m))),
                 "c_fixed_k_max": (fixed, k_max)}
     times: dict[str, list[float]] = {name: [] for name in settings}
@@ -84,7 +86,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     for r in range(repeats):
         for name in names[r % 3:] + names[: r % 3]:
             rule, k = settings[name]
-            seconds, k_mean, work, iterations = run(rule, k)
+            seconds, k_mean, work, iterations, _ = run(rule, k)
             times[name].append(seconds)
             info[name] = (k_mean, work, iterations)
     model.halting = adaptive
@@ -107,7 +109,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     }
 
 
-def _adaptive_limits(model, inputs: list[torch.Tensor]) -> dict:
+def _adaptive_limits(k_maps: list[torch.Tensor], live_steps: int, k_max: int) -> dict:
     """What bounds the saving of (a) in parallel settling, from each position's K under the adaptive rule.
 
     ``a_at_k_max``: the share of positions that run to k_max. ``position_steps_row_bound``: the
@@ -115,15 +117,13 @@ def _adaptive_limits(model, inputs: list[torch.Tensor]) -> dict:
     the least a ``(B,T')`` working set can compute.
     """
     at_k_max = bound = total = 0
-    with torch.no_grad():
-        for x in inputs:
-            k = model(x).k  # (B,T)
-            frozen = k - model.live_steps
-            for i in range(int(frozen.max())):
-                bound += k.shape[0] * int((frozen > i).sum(1).max())
-            bound += model.live_steps * k.numel()
-            at_k_max += int((k == model.k_max).sum())
-            total += k.numel()
+    for k in k_maps:  # (B,T)
+        frozen = k - live_steps
+        for i in range(int(frozen.max())):
+            bound += k.shape[0] * int((frozen > i).sum(1).max())
+        bound += live_steps * k.numel()
+        at_k_max += int((k == k_max).sum())
+        total += k.numel()
     return {"a_at_k_max": round(at_k_max / total, 3), "position_steps_row_bound": round(bound / total, 3)}
 
 
