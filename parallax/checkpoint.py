@@ -43,6 +43,14 @@ def latest(out_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def newest_inside(path: str | Path) -> Path | None:
+    """The newest checkpoint of ``path`` when ``path`` is a run directory rather than a checkpoint."""
+    p = Path(path)
+    if (p / "model.safetensors").exists() or not p.is_dir():
+        return None
+    return latest(p)
+
+
 def components_used(components: list[tuple[str, str]], registry: Registry) -> dict[str, str]:
     """``{"experts/mamba_siso": "dist==version", ...}`` for the recipe's (kind, name) components."""
     used = {}
@@ -121,7 +129,7 @@ def check_plugins(path: str | Path, registry: Registry) -> None:
 def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
     f = Path(path) / "model.safetensors"
     if not f.is_file():
-        newest = latest(path) if Path(path).is_dir() else None
+        newest = newest_inside(path)
         if newest is not None:  # a run's out_dir, not one of its checkpoints
             raise CheckpointError(f"{path}: is a run directory, not a checkpoint; name one of its step folders, "
                                   f"such as {newest}")

@@ -108,9 +108,10 @@ def resolve_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
     path = Path(str(r))
     if not path.is_dir():
         raise ConfigError(f"train.resume: checkpoint directory {path} does not exist")
-    if not (path / "model.safetensors").exists() and ckpt.latest(path) is not None:
+    newest = ckpt.newest_inside(path)
+    if newest is not None:
         raise ConfigError(f"train.resume: {path} is a run directory, not a checkpoint; name one of its step "
-                          f"folders ({ckpt.latest(path)}), or set out_dir={path} train.resume=auto")
+                          f"folders ({newest}), or set out_dir={path} train.resume=auto")
     return path
 
 
@@ -339,14 +340,14 @@ class Trainer:
                     if out_of_time:
                         stop_reason = "max_minutes"
                         break
-            if not (self.out_dir / f"step-{self.step:08d}").exists():
+            if not ckpt.step_dir(self.out_dir, self.step).exists():
                 self.save()  # before the final evaluation, so an interrupt there loses nothing
             if not last_eval or last_eval.get("step") != self.step:
                 last_eval = self._eval()
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (``parallax run`` turns it into this)
             if not self.is_main:
                 raise Interrupted(f"rank {self.rank} interrupted at step {self.step}; rank 0 saves the run") from None
-            done = self.out_dir / f"step-{self.step:08d}"
+            done = ckpt.step_dir(self.out_dir, self.step)
             with _signals_held():  # a second Ctrl-C, or torchrun's SIGTERM to the survivors, must not cut the save short
                 saved = done if done.exists() else self.save() if self.step > 0 else None
             raise Interrupted(f"interrupted at step {self.step}; saved {saved}; continue with train.resume=auto") from None
@@ -386,13 +387,13 @@ def _tokens_per_example(data) -> int:
     return int(data.batch(0)["inputs"][0].numel()) if hasattr(data, "batch") else 1
 
 
-def _group_keys(state: dict | None) -> list | None:
-    """The option names of each param group of an optimizer state dict (Muon + AdamW: of both halves)."""
+def _group_keys(state: dict | None) -> list[set] | dict | None:
+    """The option names of each param group of an optimizer state dict; Muon + AdamW: ``{half: ...}``."""
     if not isinstance(state, dict):
         return None
     if "param_groups" in state:
-        return [sorted(k for k in g if k != "params") for g in state["param_groups"]]
-    return [_group_keys(v) for _, v in sorted(state.items())]
+        return [set(g) - {"params"} for g in state["param_groups"]]
+    return {half: _group_keys(v) for half, v in state.items()}
 
 
 @contextmanager
@@ -410,19 +411,14 @@ def _signals_held():
 
 
 def _compatible_groups(saved, fresh) -> bool:
-    """Whether each saved group's options are a subset or a superset of the fresh group's."""
-    if not isinstance(saved, list) or not isinstance(fresh, list) or len(saved) != len(fresh):
-        return False
-    for a, b in zip(saved, fresh):
-        if isinstance(a, list) and a and isinstance(a[0], list) or isinstance(b, list) and b and isinstance(b[0], list):
-            if not _compatible_groups(a, b):  # Muon + AdamW: each half
-                return False
-        elif a is None or b is None:
-            if a is not b:
-                return False
-        elif not (set(a) <= set(b) or set(b) <= set(a)):
-            return False
-    return True
+    """Whether each saved group's options are a subset or a superset of the fresh group's (a newer
+    torch adds options; another optimizer type has other ones)."""
+    if isinstance(saved, dict) or isinstance(fresh, dict):  # Muon + AdamW: each half alike
+        return (isinstance(saved, dict) and isinstance(fresh, dict) and saved.keys() == fresh.keys()
+                and all(_compatible_groups(saved[h], fresh[h]) for h in saved))
+    if saved is None or fresh is None:
+        return saved is fresh
+    return len(saved) == len(fresh) and all(a <= b or b <= a for a, b in zip(saved, fresh))
 
 
 def _record(line: str) -> dict | None:

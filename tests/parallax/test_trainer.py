@@ -212,7 +212,7 @@ def test_old_checkpoints_keep_their_optimizer_state_across_a_torch_upgrade():
 
     model = torch.nn.Linear(4, 4)
     adamw = _group_keys(torch.optim.AdamW(model.parameters()).state_dict())
-    older = [[k for k in g if k != "decoupled_weight_decay"] for g in adamw]  # a key newer torch added
+    older = [g - {"decoupled_weight_decay"} for g in adamw]  # an option newer torch added
     sgd = _group_keys(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
     assert _compatible_groups(older, adamw) and _compatible_groups(adamw, adamw)
     assert not _compatible_groups(adamw, sgd) and not _compatible_groups(sgd, adamw)
