@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("parallax")
 
 from .errors import CheckpointError, ConfigError, ParallaxError, PluginError, TrainingError  # noqa: E402
+from .kloop import movement  # noqa: E402
 from .model import CWSModel, build_component, build_model  # noqa: E402
 from .nn import RMSNorm, apply_rope, rope_angles  # noqa: E402
 from .protocols import (  # noqa: E402
@@ -18,6 +19,7 @@ from .protocols import (  # noqa: E402
     Encoder,
     Expert,
     HaltingRule,
+    Model,
     ModelOutput,
     MotorDecoder,
     Tokenizer,
@@ -27,8 +29,8 @@ from .protocols import (  # noqa: E402
 from .schema import Component, Spec  # noqa: E402
 
 __all__ = [
-    "hookimpl", "Spec", "Component", "DataInfo", "ModelOutput", "Encoder", "Expert", "Workspace",
+    "hookimpl", "Spec", "Component", "DataInfo", "Model", "ModelOutput", "Encoder", "Expert", "Workspace",
     "WorkspaceState", "MotorDecoder", "HaltingRule", "DataSource", "Tokenizer", "CWSModel", "build_model",
-    "build_component", "RMSNorm", "apply_rope", "rope_angles", "ParallaxError", "ConfigError",
+    "build_component", "movement", "RMSNorm", "apply_rope", "rope_angles", "ParallaxError", "ConfigError",
     "PluginError", "CheckpointError", "TrainingError",
 ]

@@ -58,7 +58,7 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
         loss_sum += F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100, reduction="sum").item()
         correct += (logits.argmax(-1)[mask] == targets[mask]).sum().item()
         count += mask.sum().item()
-        if out.k is not None:
+        if model.has_k_loop:
             kinds = batch.get("kind")
             groups = {"all": torch.ones_like(out.k, dtype=torch.bool)}
             if kinds is not None:

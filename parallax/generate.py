@@ -1,9 +1,9 @@
 """Incremental generation (DESIGN.md §2.7): one new token at a time, every component cached.
 
-Feeding token t: the encoder's ``step`` makes x_t (B,1,d) from its window of recent embeddings;
-each expert's ``context_step`` updates its cache (the Mamba state, the probe's keys and values) and
-returns this position's context; the K loop settles position t alone (``settle`` with x (B,1,d)
-and ``positions = [t]``); the decoder's ``step`` reads its window of the last settled states. A
+Each token goes through the model's ``decode_step`` (the ``Model`` protocol). For a CWS model the
+encoder's ``step`` makes x_t (B,1,d) from its window of recent embeddings; each expert's
+``context_step`` updates its cache (the Mamba state, the probe's keys and values); the K loop
+settles position t alone; the decoder's ``step`` reads its window of the last settled states. A
 token therefore costs O(1) in T for the scan, O(T) for the probe, and one position's K loop,
 where recomputing the prefix would settle all T positions again.
 
@@ -17,43 +17,31 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ConfigError
-from .kloop import settle
+from .protocols import Model
 
 
 class IncrementalState:
-    """A CWS model's caches for one batch of sequences; ``feed`` advances them by one token."""
+    """A model's generation caches for one batch of sequences; ``feed`` advances them by one token."""
 
-    def __init__(self, model: torch.nn.Module):
-        for part in ("encoder", "experts", "workspace", "decoder", "halting"):
-            if not hasattr(model, part):
-                raise ConfigError(f"model.type: generation needs a CWS model (encoder, experts, workspace, decoder), not {type(model).__name__}")
+    def __init__(self, model: Model):
         self.model = model
-        self.t = 0  # absolute position of the next token
-        self.encoder_cache = None
-        self.expert_caches: list = [None] * len(model.experts)
-        self.decoder_cache = None
+        self.cache = None
 
     @torch.no_grad()
-    def feed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B,1) at position t -> (logits (B,V) for position t+1, K (B,) position t used)."""
-        m = self.model
-        x, self.encoder_cache = m.encoder.step(tokens, self.encoder_cache)  # (B,1,d)
-        contexts = []
-        for i, expert in enumerate(m.experts):
-            ctx, self.expert_caches[i] = expert.context_step(x, self.expert_caches[i])
-            contexts.append(ctx)
-        positions = torch.tensor([self.t], device=x.device)  # (1,) this position only
-        res = settle(m.workspace, m.experts, contexts, x, positions, m.halting, m.k_max, m.live_steps)
-        logits, self.decoder_cache = m.decoder.step(res.h, self.decoder_cache)  # (B,1,V)
-        self.t += 1
-        return logits[:, -1], res.k[:, -1]
+    def feed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens (B,1) at the next position -> (logits (B,V) for the position after, K (B,) it used or None)."""
+        try:
+            logits, k, self.cache = self.model.decode_step(tokens, self.cache)
+        except NotImplementedError as e:
+            raise ConfigError(f"model.type: {e}; generate from a model that has it (e.g. cws, transformer)") from None
+        return logits, k
 
 
 @torch.no_grad()
 def recompute_logits(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The full forward over ``ids (B,T)``: (logits (B,V) of the last position, its K (B,))."""
-    out = model(ids, k_max=model.k_max)
-    return out.logits[:, -1], out.k[:, -1]
+    out = model(ids, k_max=model.k_max) if model.has_k_loop else model(ids)
+    return out.logits[:, -1], (out.k[:, -1] if model.has_k_loop else None)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator | None) -> torch.Tensor:
@@ -71,17 +59,18 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None, gen: tor
 @dataclass
 class Generation:
     ids: list[int]  # the generated ids, prompt excluded
-    k: list[int]  # K spent on the position whose state chose each generated id
+    k: list[int | None]  # K spent on the position whose state chose each generated id (None: no K loop)
     seconds: float  # wall time of the generated tokens (the prompt excluded)
-    prompt_k: list[int] = field(default_factory=list)  # K of each prompt position
+    prompt_k: list[int | None] = field(default_factory=list)  # K of each prompt position
 
     @property
     def tokens_per_s(self) -> float:
         return len(self.ids) / max(self.seconds, 1e-9)
 
     @property
-    def k_mean(self) -> float:
-        return sum(self.k) / max(len(self.k), 1)
+    def k_mean(self) -> float | None:
+        ks = [k for k in self.k if k is not None]
+        return sum(ks) / len(ks) if ks else None
 
 
 def generate(
@@ -111,7 +100,7 @@ def generate(
     if state is not None:
         for t in range(len(prompt)):
             logits, k = state.feed(ids[:, t : t + 1])
-            prompt_k.append(int(k[0]))
+            prompt_k.append(int(k[0]) if k is not None else None)
     start = time.perf_counter()
     out: list[int] = []
     ks: list[int] = []
@@ -120,7 +109,7 @@ def generate(
             logits, k = recompute_logits(model, ids)
         nxt = sample(logits, temperature, top_k, gen)  # (1,1)
         out.append(int(nxt))
-        ks.append(int(k[0]))
+        ks.append(int(k[0]) if k is not None else None)
         if stop_id is not None and out[-1] == stop_id:
             break
         ids = torch.cat([ids, nxt], dim=1)

@@ -26,6 +26,9 @@ import torch
 
 from .protocols import Expert, HaltingRule, Workspace, WorkspaceState
 
+#: the default of ``model.compact_below``: gather once the working set would be under 3/4 of the block
+COMPACT_BELOW = 0.75
+
 
 @dataclass
 class Settled:
@@ -52,12 +55,15 @@ def settle(
     contexts: Sequence[Any],
     x: torch.Tensor,  # (B,T,d) observations
     positions: torch.Tensor,  # (T,) absolute positions of x's rows
-    halting: HaltingRule,
+    halting: HaltingRule | None,
     k_max: int,
     live_steps: int = 1,
     trace: bool = False,
-    compact_below: float = 0.5,
+    compact_below: float = COMPACT_BELOW,
 ) -> Settled:
+    """Settle every position: frozen steps until its halting rule fires (never, when ``halting`` is None)
+    or ``k_max - live_steps`` frozen steps are done, then ``live_steps`` steps with gradient.
+    Returns the settled ``h (B,T,d)``, each position's K ``(B,T)`` and the position-steps computed."""
     B, T, _ = x.shape
     token = [(e, c) for e, c in zip(experts, contexts) if e.clock == "token"]
     clocked = [(e, c) for e, c in zip(experts, contexts) if e.clock == "h"]
@@ -121,17 +127,17 @@ def settle(
                 work += ws.order.numel()
             steps += active.long()
             if trace and prev_raw is not None:
-                traces.append(_movement(raw, prev_raw))
-            halt = halting.update(raw, prev_raw, memo, i + 1)
+                traces.append(movement(raw, prev_raw))
+            if halting is not None:
+                active = active & ~halting.update(raw, prev_raw, memo, i + 1)
             prev_raw = raw
-            active = active & ~halt
         if ws is not None:
             state = ws.write_back(state)
     for _ in range(live_steps):
         state, raw = one_step(state, tok_k, tok_v, positions)
         work += B * T
         if trace and prev_raw is not None:
-            traces.append(_movement(raw.detach(), prev_raw))
+            traces.append(movement(raw.detach(), prev_raw))
         prev_raw = raw.detach()
     return Settled(h=state.h, k=steps + live_steps, work=work, trace=traces)
 
@@ -175,6 +181,8 @@ class _WorkingSet:
                               _scatter_rows(state.cum, self.order, self.valid, self.cum))
 
 
-def _movement(raw: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-    """RMS of ``raw_k - raw_{k-1}`` over heads and slots: ``(B,T)``."""
+def movement(raw: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """The momentum m_k: RMS of ``raw_k - raw_{k-1}`` (B,T,H,S) over heads and slots, ``(B,T)`` (seed 001 §04).
+
+    The K loop's trace and the momentum halting rule both read it."""
     return (raw - prev).float().pow(2).mean(dim=(-2, -1)).sqrt()

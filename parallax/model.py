@@ -5,6 +5,8 @@ plugin. ``build_model`` instantiates any registered model type from a validated 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -12,8 +14,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from .errors import ConfigError
-from .kloop import settle
-from .protocols import DataInfo, ModelOutput
+from .kloop import COMPACT_BELOW, settle
+from .protocols import DataInfo, Model, ModelOutput
 from .registry import Registry, get_registry
 from .schema import Component, Spec
 
@@ -26,12 +28,21 @@ def build_component(kind: str, cfg: Spec, d_model: int, info: DataInfo, registry
     names its option as ``TYPE.option`` is reported at that path, where the user can find it.
     """
     cls = (registry or get_registry()).get(kind, cfg.type)
-    try:
+    with at_path(cfg.type, where):
         return cls(cfg, d_model, info)
+
+
+@contextmanager
+def at_path(type_name: str, where: str | None):
+    """Report a component's ``ConfigError`` that names its option as ``TYPE.option`` at its recipe path."""
+    try:
+        yield
     except ConfigError as e:
         msg = str(e)
-        if where and msg.startswith(f"{cfg.type}."):
-            raise ConfigError(f"{where}.{msg[len(cfg.type) + 1:]}") from None
+        if where and msg.startswith(f"{type_name}."):
+            raise ConfigError(f"{where}.{msg[len(type_name) + 1:]}") from None
+        if where and msg.startswith(f"{type_name}:"):
+            raise ConfigError(f"{where}:{msg[len(type_name) + 1:]}") from None
         raise
 
 
@@ -41,15 +52,26 @@ def build_model(cfg: Spec, info: DataInfo, registry: Registry | None = None) -> 
     return cls(cfg, info, registry)
 
 
-class CWSModel(nn.Module):
+@dataclass
+class CWSCache:
+    """A CWS model's generation caches for one batch of sequences (``decode_step``)."""
+
+    t: int = 0  # absolute position of the next token
+    encoder: Any = None
+    experts: list = field(default_factory=list)
+    decoder: Any = None
+
+
+class CWSModel(Model):
     """The Central Workspace model.
 
     inputs (B,T) tokens or (B,C,H,W) images -> encoder x (B,T,d) -> each expert's context ->
     K-loop settle (B,T,d) with per-position K (B,T) -> decoder logits.
     """
 
+    has_k_loop = True
+
     class Config(Spec):
-        model_config = {"extra": "forbid"}
         type: str = "cws"
         d_model: int = Field(64, gt=0, description="workspace width d")
         k_max: int = Field(8, ge=1, description="maximum K steps per position")
@@ -62,7 +84,7 @@ class CWSModel(nn.Module):
         )
         k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
         compact_below: float = Field(
-            0.75, ge=0, le=1,
+            COMPACT_BELOW, ge=0, le=1,
             description="gather each row's still-settling positions and run the K steps on them alone once "
             "that block would be smaller than this fraction of the one being computed, and again as more "
             "halt (0 never gathers: halted positions are only masked)",
@@ -84,12 +106,13 @@ class CWSModel(nn.Module):
         registry = registry or get_registry()
         self.cfg = cfg
         d = cfg.d_model
-        self.encoder = build_component("encoders", cfg.encoder, d, info, registry)
+        self.encoder = build_component("encoders", cfg.encoder, d, info, registry, "model.encoder")
         self.experts = nn.ModuleList(build_component("experts", e, d, info, registry, f"model.experts.{i}")
                                      for i, e in enumerate(cfg.experts))
-        self.workspace = build_component("workspaces", cfg.workspace, d, info, registry)
-        self.halting = registry.get("halting_rules", cfg.halting.type)(cfg.halting)
-        self.decoder = build_component("decoders", cfg.decoder, d, info, registry)
+        self.workspace = build_component("workspaces", cfg.workspace, d, info, registry, "model.workspace")
+        with at_path(cfg.halting.type, "model.halting"):
+            self.halting = registry.get("halting_rules", cfg.halting.type)(cfg.halting)
+        self.decoder = build_component("decoders", cfg.decoder, d, info, registry, "model.decoder")
         self.decoder.tie(self.encoder.tied_weight)
         self.k_max = cfg.k_max
         self.live_steps = cfg.live_steps
@@ -121,3 +144,46 @@ class CWSModel(nn.Module):
         if trace:
             stats["trace"] = res.trace
         return ModelOutput(logits=logits, k=res.k, stats=stats)
+
+    # -- the Model protocol's K-loop and generation methods ---------------------------------------
+    @contextmanager
+    def fixed_k(self, k: int | None = None):
+        saved = self.halting, self.k_max
+        self.halting, self.k_max = None, k or self.k_max
+        try:
+            yield self
+        finally:
+            self.halting, self.k_max = saved
+
+    @torch.no_grad()
+    def trajectory(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.encoder(inputs)  # (B,T,d)
+        positions = torch.arange(x.shape[1], device=x.device)  # (T,)
+        contexts = [e.context(x) for e in self.experts]
+        n_slots = sum(e.slots for e in self.experts)
+        hs = [self.workspace.init_state(x, n_slots).h]
+        trace = None
+        for j in range(1, k + 1):  # each budget j from scratch: h_j is the state after exactly j steps
+            res = settle(self.workspace, self.experts, contexts, x, positions, None, j, min(self.live_steps, j),
+                         trace=j == k, compact_below=0.0)
+            hs.append(res.h)
+            trace = res.trace
+        return torch.stack(hs), torch.stack(trace) if trace else torch.zeros(0, *x.shape[:2])
+
+    @torch.no_grad()
+    def decode_step(self, tokens_t: torch.Tensor, cache: CWSCache | None) -> tuple[torch.Tensor, torch.Tensor, CWSCache]:
+        """DESIGN.md §2.7: the encoder's ``step`` makes x_t (B,1,d) from its window of recent inputs;
+        each expert's ``context_step`` updates its cache (the Mamba state, the probe's keys and values);
+        the K loop settles position t alone; the decoder's ``step`` reads its window of settled states."""
+        cache = cache or CWSCache(experts=[None] * len(self.experts))
+        x, enc = self.encoder.step(tokens_t, cache.encoder)  # (B,1,d)
+        contexts, expert_caches = [], []
+        for expert, c in zip(self.experts, cache.experts):
+            ctx, c = expert.context_step(x, c)
+            contexts.append(ctx)
+            expert_caches.append(c)
+        positions = torch.tensor([cache.t], device=x.device)  # (1,) this position only
+        res = settle(self.workspace, self.experts, contexts, x, positions, self.halting, self.k_max,
+                     self.live_steps, compact_below=self.cfg.compact_below)
+        logits, dec = self.decoder.step(res.h, cache.decoder)  # (B,1,V)
+        return logits[:, -1], res.k[:, -1], CWSCache(cache.t + 1, enc, expert_caches, dec)

@@ -1,4 +1,7 @@
-"""Muon for the hidden weight matrices, AdamW for everything else (seed 004: "Parallax with the Muon
+"""Optimizers and the learning-rate schedule of a recipe's ``train`` block.
+
+``make_optimizer`` builds any ``torch.optim`` optimizer by name; ``lr_lambda`` is the warm-up then
+cosine schedule. ``muon`` is Muon for the hidden weight matrices and AdamW for everything else (seed 004: "Parallax with the Muon
 optimizer"; torch.optim.Muon's documentation: Muon is for 2-D hidden-layer weights, while
 embeddings, the output head, norms and biases belong with AdamW).
 
@@ -13,8 +16,12 @@ or a learned memory bank included, goes to AdamW.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from .schema import OptimizerConfig, TrainConfig
 
 HEAD_NAMES = ("head", "lm_head")
 
@@ -75,3 +82,35 @@ class MuonAdamW(torch.optim.Optimizer):
         # loading gives the inner optimizers new group dicts; share them again, so that a scheduler
         # stepping this optimizer's groups reaches the ones the inner optimizers read
         self.param_groups = [g for o in (self.muon, self.adamw) if o is not None for g in o.param_groups]
+
+
+def make_optimizer(model: nn.Module, opt: OptimizerConfig) -> torch.optim.Optimizer:
+    """Any torch.optim optimizer by name. Weight decay applies to matrices only (not norms, biases).
+    ``muon`` is Muon on the hidden matrices with AdamW on the rest."""
+    name = {n.lower(): n for n in dir(torch.optim)}[opt.type.lower()]
+    if name == "Muon":  # Muon takes 2-D hidden matrices only; AdamW gets the rest
+        extra = dict(opt.model_extra or {})
+        adamw = extra.pop("adamw", None) or {}
+        return MuonAdamW(model, opt.lr, opt.weight_decay, extra, adamw)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    other = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return getattr(torch.optim, name)([g for g in groups if g["params"]], lr=opt.lr, **(opt.model_extra or {}))
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up over ``schedule.warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+    warm, floor, total = cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio, cfg.max_steps
+
+    def f(step: int) -> float:  # step counts completed optimizer steps
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))

@@ -1,4 +1,4 @@
-"""The four component protocols of a CWS model, plus halting rules and data sources.
+"""The protocols: a registered ``Model``, the four components of a CWS model, halting rules and data sources.
 
 Shapes: B batch, T positions, S slots, d model width, H workspace heads, dh = d // H.
 Every component is an ``nn.Module`` subclass with a nested pydantic ``Config`` (its recipe
@@ -7,6 +7,7 @@ the core only ever talks to them through the methods below.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Literal
 
@@ -34,6 +35,48 @@ class ModelOutput:
     logits: torch.Tensor
     k: torch.Tensor | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Model(nn.Module):
+    """What every registered model type provides (``register_models``; built by ``parallax.build_model``).
+
+    ``__init__(cfg, info, registry)`` takes its validated ``Config``, the ``DataInfo`` and the registry
+    (to build components by name). ``forward(inputs) -> ModelOutput``: logits, and for a model with a
+    K loop the K of every position (``k (B,T)``); a K-loop model also takes ``forward(inputs, k_max=K)``.
+
+    The core asks a model only through this protocol:
+    - ``has_k_loop``: whether ``forward`` settles a K loop; then ``k_max`` and ``live_steps`` are its
+      budget, ``fixed_k(k)`` a context in which every position takes exactly ``k`` steps (benchmarks
+      compare halting against it), and ``trajectory(inputs, k)`` gives the states h_0..h_k;
+    - ``decode_step(tokens_t, cache)``: incremental generation of one new position per row;
+    - ``width_key``: the option under ``model`` that sets its width, which ``bench compare
+      --match-params`` may change (None: never resized).
+    """
+
+    Config: ClassVar[type[Spec]]
+    has_k_loop: ClassVar[bool] = False
+    width_key: ClassVar[str | None] = None
+    k_max: int | None = None
+    live_steps: int = 1
+
+    def forward(self, inputs: torch.Tensor) -> "ModelOutput":  # (B,T) or (B,C,H,W) -> logits
+        raise NotImplementedError
+
+    def decode_step(self, tokens_t: torch.Tensor, cache: Any | None) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        """tokens_t (B,1) at the next position, the cache of earlier calls (None to start) ->
+        (logits (B,V) for the position after it, K (B,) it used or None, the new cache). Must agree
+        with ``forward`` over the whole sequence at that position."""
+        raise NotImplementedError(f"{type(self).__name__} does not support incremental generation")
+
+    @contextmanager
+    def fixed_k(self, k: int | None = None):
+        """Within the block every position runs exactly ``k`` steps (``k_max`` when None), with no halting."""
+        raise NotImplementedError(f"{type(self).__name__} has no K loop")
+        yield  # pragma: no cover
+
+    def trajectory(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The states h_0..h_k (k+1,B,T,d) of ``k`` fixed steps, and the raw movement trace (k-1,B,T)."""
+        raise NotImplementedError(f"{type(self).__name__} has no K loop")
 
 
 class Encoder(nn.Module):

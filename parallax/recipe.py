@@ -262,7 +262,7 @@ def _try_optimizer(cfg: OptimizerConfig, name: str, path: list, device: str = "c
     SparseAdam sparse gradients) fails here, in one line, and not after the run has started."""
     import torch
 
-    from .trainer import make_optimizer
+    from .optim import make_optimizer
 
     if device == "elsewhere" and (cfg.model_extra or {}).get("capturable"):
         return  # a CUDA-only option of a CUDA run: it can only be tried where the run will train

@@ -1,8 +1,11 @@
-"""Opening a trained run for ``parallax eval``, ``generate`` and ``bench generate``.
+"""Opening recipes and trained runs, as the commands and benchmarks do.
 
-A run directory (``out_dir``) or one of its ``step-XXXXXXXX/`` checkpoints -> the recipe the run
-was trained with (the checkpoint's ``config.yaml``), its data source with the files it saved
-restored (the tokenizer), and the model with the checkpoint's weights, in eval mode.
+``load`` reads a recipe with ``key=value`` overrides and, when it names a plugin that is not
+installed, lets a checkpoint's metadata name the package to install. ``open_run`` turns a run
+directory (``out_dir``) or one of its ``step-XXXXXXXX/`` checkpoints into the recipe the run was
+trained with (the checkpoint's ``config.yaml``), its data source with the files it saved restored
+(the tokenizer), and the model with the checkpoint's weights, in eval mode. ``open_text_run`` is
+``open_run`` for commands that need a tokenizer (``generate``, ``bench generate``).
 """
 from __future__ import annotations
 
@@ -12,12 +15,30 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, PluginError
 from .model import build_model
 from .protocols import DataSource
+from .protocols import Tokenizer
 from .recipe import load_recipe
 from .registry import get_registry
 from .schema import Recipe
+
+
+def load(recipe: str, overrides: list[str]) -> Recipe:
+    """The recipe at ``recipe`` (a path or a built-in name) with ``overrides`` applied.
+
+    When it names a component that no installed plugin provides and it comes with a checkpoint (it
+    is a checkpoint's config.yaml, or train.resume=PATH names one), the checkpoint's metadata names
+    the package to install, so the error says which."""
+    try:
+        return load_recipe(recipe, overrides)
+    except PluginError:
+        candidates = [Path(recipe).parent]
+        candidates += [Path(o.split("=", 1)[1]) for o in overrides if o.startswith("train.resume=")]
+        for path in candidates:
+            if (path / "model.safetensors").is_file():
+                ckpt.check_plugins(path, get_registry())
+        raise
 
 
 @dataclass
@@ -52,3 +73,16 @@ def open_run(path: str | Path, overrides: list[str] | None = None, device: str =
     model = build_model(recipe.model, data.info, registry)
     ckpt.load_model_state(found, model)
     return OpenRun(recipe=recipe, data=data, model=model.to(device).eval(), checkpoint=found)
+
+
+def open_text_run(path: str | Path, threads: int = 1) -> tuple[OpenRun, Tokenizer]:
+    """``open_run`` for a run of text, with torch limited to ``threads`` CPU threads."""
+    if threads < 1:
+        raise ConfigError("--threads: must be at least 1")
+    torch.set_num_threads(threads)
+    run = open_run(path)
+    tok = run.data.tokenizer
+    if tok is None:
+        raise ConfigError(f"{path}: its '{run.recipe.data.type}' data source has no tokenizer; generation needs a "
+                          f"text run (e.g. recipes/tinystories.yaml)")
+    return run, tok

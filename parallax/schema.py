@@ -16,10 +16,16 @@ MAX_THREADS = 1024  # torch.set_num_threads crashes the process far above any re
 
 
 class Spec(BaseModel):
-    """Base of every component's options. Subclasses set ``extra='forbid'`` and declare fields."""
+    """Base of every component's options: subclasses declare fields; an unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="registry name of the component")
+
+
+class Unresolved(Spec):
+    """A component before validation has picked its plugin: any keys, which the plugin's ``Config`` then checks."""
 
     model_config = ConfigDict(extra="allow")
-    type: str = Field(description="registry name of the component")
 
 
 class Strict(BaseModel):
@@ -34,11 +40,13 @@ class Kind:
 
 
 def Component(kind: str):  # noqa: N802 - reads like a type in field annotations
-    return Annotated[Spec, Kind(kind)]
+    return Annotated[Unresolved, Kind(kind)]
 
 
 class OptimizerConfig(Spec):
-    """Any ``torch.optim`` optimizer by name; extra keys are passed to its constructor."""
+    """Any ``torch.optim`` optimizer by name; extra keys are passed to its constructor (checked against it)."""
+
+    model_config = ConfigDict(extra="allow")
 
     type: str = Field("adamw", description="torch.optim class name, case-insensitive (adamw, sgd, muon...)")
     lr: float = Field(3e-3, gt=0)

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -14,9 +16,8 @@ import parallax
 
 class ClassifierDecoder(parallax.MotorDecoder):
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "classifier"
-        pool: str = Field("mean", pattern="^(mean|last)$", description="mean over positions, or the last position")
+        pool: Literal["mean", "last"] = Field("mean", description="mean over positions, or the last position")
         hidden: int = Field(128, ge=0, description="width of the hidden layer; 0 reads out linearly")
 
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):

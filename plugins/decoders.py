@@ -52,7 +52,6 @@ class Block(nn.Module):
 
 class MotorDecoder(parallax.MotorDecoder):
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "motor"
         layers: int = Field(2, ge=1)
         context: int = Field(16, ge=1, description="settled states each output reads (its receptive field)")

@@ -18,7 +18,6 @@ from .image_encoder import ImageEncoder
 
 class TokenEncoder(parallax.Encoder):
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "token"
         window: int = Field(3, ge=1, description="observation window: current token plus window-1 previous")
 

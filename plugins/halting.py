@@ -16,7 +16,6 @@ import parallax
 
 class MomentumHalting(parallax.HaltingRule):
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "momentum"
         rel_tol: float = Field(0.05, ge=0, description="halt when |m_k - m_{k-1}| <= rel_tol * m_{k-1}")
         abs_tol: float = Field(1e-3, ge=0, description="halt when the movement m_k < abs_tol")
@@ -25,7 +24,7 @@ class MomentumHalting(parallax.HaltingRule):
     def update(self, raw, prev_raw, memo, k):
         if prev_raw is None:
             return torch.zeros(raw.shape[:2], dtype=torch.bool, device=raw.device)
-        m = (raw - prev_raw).float().pow(2).mean(dim=(-2, -1)).sqrt()  # (B,T)
+        m = parallax.movement(raw, prev_raw)  # (B,T)
         prev_m = memo.get("m")
         memo["m"] = m
         halt = m < self.cfg.abs_tol
@@ -36,7 +35,6 @@ class MomentumHalting(parallax.HaltingRule):
 
 class FixedHalting(parallax.HaltingRule):
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "fixed"
 
     def update(self, raw, prev_raw, memo, k):

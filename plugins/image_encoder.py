@@ -22,7 +22,6 @@ def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
 
 class ImageEncoder(parallax.Encoder):
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "image"
         patch: int = Field(2, ge=1, description="patch side p in pixels; it must divide the image's height and width")
 

@@ -13,6 +13,7 @@ slots to h is too weak for a lookup to form); decay is learned per head from 0.9
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -24,13 +25,12 @@ from parallax_kernels.workspace import workspace_step_ref
 
 class CWSWorkspace(parallax.Workspace):
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "cws"
         heads: int = Field(4, ge=1, description="workspace heads H")
         decay: float = Field(0.9, gt=0, lt=1, description="initial decay of cum")
         learn_decay: bool = Field(True, description="learn decay per head (sigmoid-parameterised)")
         base: float = Field(2.0, gt=1, description="weights = log1p(silu(cum)) / ln(base)")
-        init_h: str = Field("obs", pattern="^(obs|zeros)$", description="initial h: the observation x, or zeros")
+        init_h: Literal["obs", "zeros"] = Field("obs", description="initial h: the observation x, or zeros")
         init_cum: float = Field(
             1.0, description="initial value of every cum entry; 1 is the rest point of the pull toward 1"
         )

@@ -6,7 +6,7 @@ import torch
 from ..errors import ConfigError
 from ..model import build_model
 from ..registry import get_registry
-from ..trainer import build_data, resolve_device
+from ..build import build_data, resolve_device
 
 
 def build_k_loop_model(recipe, bench: str):
@@ -16,15 +16,9 @@ def build_k_loop_model(recipe, bench: str):
     torch.manual_seed(recipe.seed)
     data = build_data(recipe, registry)
     model = build_model(recipe.model, data.info, registry).to(device)
-    if not hasattr(model, "halting"):
+    if not model.has_k_loop:
         raise ConfigError(f"model.type: bench {bench} needs a model with a K loop, not '{recipe.model.type}'")
     return registry, device, data, model
-
-
-def fixed_halting(registry=None):
-    """The ``fixed`` halting rule: every position takes the whole K budget it is given."""
-    cls = (registry or get_registry()).get("halting_rules", "fixed")
-    return cls(cls.Config(type="fixed"))
 
 
 def widen(console, width: int = 132) -> None:

@@ -24,7 +24,7 @@ from ..model import build_model
 from ..recipe import load_recipe
 from ..registry import get_registry
 from ..runs import find_checkpoint
-from ..trainer import build_data, resolve_device
+from ..build import build_data, resolve_device
 
 
 def load_run(run_dir: str | Path):

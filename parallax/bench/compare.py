@@ -47,7 +47,6 @@ from rich.table import Table
 from ..errors import ConfigError, TrainingError
 from . import widen
 
-WIDTH_KEYS = ("n_embd", "d_model")
 RESULT_FILE = "compare.json"
 
 
@@ -63,7 +62,7 @@ def count_params(model: torch.nn.Module) -> dict:
 
 
 def _info(recipe, registry):
-    from ..trainer import build_data
+    from ..build import build_data
 
     with torch.device("meta"):
         return build_data(recipe, registry).info
@@ -100,9 +99,8 @@ def match_width(ref: str, overrides: list[str], target: int, on: str, registry) 
     from ..recipe import load_recipe
 
     recipe = load_recipe(ref, overrides, registry)
-    fields = type(recipe.model).model_fields
-    key = next((k for k in WIDTH_KEYS if k in fields), None)
-    if key is None or recipe.model.type == "cws":
+    key = registry.get("models", recipe.model.type).width_key
+    if key is None:
         return None
     info = _info(recipe, registry)
     field = "params" if on == "total" else "non_embedding"  # on: total | non_embedding
@@ -158,7 +156,7 @@ def saved_bytes(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Ten
     from .memory import saved_for_backward
 
     model.train()
-    kw = {"k_max": model.k_max} if hasattr(model, "k_max") else {}  # the full K budget
+    kw = {"k_max": model.k_max} if model.has_k_loop else {}  # the full K budget
     with saved_for_backward() as seen, autocast():
         out = model(inputs, **kw)
         loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
@@ -193,20 +191,21 @@ def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
     """Train one recipe (in this process) and write its row of the comparison to ``result``."""
     from rich.console import Console
 
+    from ..callbacks import Callback
     from ..recipe import load_recipe
     from ..trainer import Trainer
 
-    trainer = Trainer(load_recipe(recipe_ref, overrides), console=Console(stderr=True, soft_wrap=True))
-    setup, rss0 = trainer._setup, [None]
+    rss0 = [None]
 
-    def setup_then_mark() -> None:  # memory is measured from here: data and model are built
-        setup()
-        if trainer.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.device)
-        _reset_peak_rss()
-        rss0[0] = _rss()[0]
+    class MarkMemory(Callback):
+        def on_setup(self, trainer) -> None:  # memory is measured from here: data and model are built
+            if trainer.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(trainer.device)
+            _reset_peak_rss()
+            rss0[0] = _rss()[0]
 
-    trainer._setup = setup_then_mark
+    trainer = Trainer(load_recipe(recipe_ref, overrides), console=Console(stderr=True, soft_wrap=True),
+                      callbacks=[MarkMemory()])
     t0 = time.perf_counter()
     summary = trainer.fit()
     wall = time.perf_counter() - t0
@@ -281,7 +280,7 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
 
     from ..recipe import load_recipe
     from ..registry import get_registry
-    from ..trainer import resolve_device
+    from ..build import resolve_device
 
     err = err or Console(stderr=True)
     if steps is not None and steps < 1:

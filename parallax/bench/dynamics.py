@@ -26,28 +26,9 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..kloop import settle
-from . import fixed_halting, widen
+from . import widen
 
 RISE = 1.01  # a step "grows" when its movement exceeds the previous one by more than 1%
-
-
-@torch.no_grad()
-def states(model, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``h_0..h_k`` stacked as (k+1,B,T,d), and the loop's raw movement trace (k-1,B,T) at budget k."""
-    fixed = fixed_halting()
-    x = model.encoder(inputs)  # (B,T,d)
-    positions = torch.arange(x.shape[1], device=x.device)  # (T,)
-    contexts = [e.context(x) for e in model.experts]
-    n_slots = sum(e.slots for e in model.experts)
-    hs = [model.workspace.init_state(x, n_slots).h]
-    trace = None
-    for j in range(1, k + 1):
-        res = settle(model.workspace, model.experts, contexts, x, positions, fixed, j, min(model.live_steps, j),
-                     trace=j == k, compact_below=0.0)
-        hs.append(res.h)
-        trace = res.trace
-    return torch.stack(hs), torch.stack(trace) if trace else torch.zeros(0, *x.shape[:2])
 
 
 def summarize(h: torch.Tensor, raw: torch.Tensor) -> dict:
@@ -78,7 +59,7 @@ def summarize(h: torch.Tensor, raw: torch.Tensor) -> dict:
 def measure(model, batches: list[torch.Tensor], k: int) -> dict:
     hs, raws = [], []
     for inputs in batches:
-        h, raw = states(model, inputs, k)  # (K+1,B,T,d), (K-1,B,T)
+        h, raw = model.trajectory(inputs, k)  # (K+1,B,T,d), (K-1,B,T)
         hs.append(h.flatten(1, 2))  # (K+1,B*T,d)
         raws.append(raw.flatten(1))  # (K-1,B*T)
     return summarize(torch.cat(hs, 1), torch.cat(raws, 1))
@@ -89,7 +70,7 @@ def run(args, out, err) -> int:
 
     run_ = open_run(args.run_dir)
     model = run_.model
-    if not hasattr(model, "workspace"):
+    if not model.has_k_loop:
         raise ConfigError(f"{args.run_dir}: bench dynamics needs a model with a K loop, not '{run_.recipe.model.type}'")
     k = args.k or model.k_max  # argparse has checked both counts are >= 1
     batches = [b["inputs"] for _, b in zip(range(args.batches), run_.data.val_batches())]

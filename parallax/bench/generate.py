@@ -32,11 +32,11 @@ def measure(model: torch.nn.Module, vocab_size: int, context: int, tokens: int, 
 
 
 def run(args, out, err) -> int:
-    from ..cli.commands import _text_run
+    from ..runs import open_text_run
 
     if args.context < 1 or args.tokens < 1:
         raise ConfigError("--context and --tokens: must be at least 1")
-    run_, tok = _text_run(args)
+    run_, tok = open_text_run(args.run_dir, args.threads)
     row = measure(run_.model, tok.vocab_size, args.context, args.tokens, args.seed)
     row["run"] = str(run_.checkpoint)
     if args.json:

@@ -22,18 +22,19 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 from rich.table import Table
 
 from .. import checkpoint as ckpt
 from ..generate import IncrementalState
-from . import build_k_loop_model, fixed_halting
+from . import build_k_loop_model
 
 
 def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: int = 5,
             batch_size: int | None = None, mode: str = "parallel", sequences: int = 8) -> dict:
-    registry, device, data, model = build_k_loop_model(recipe, "halting")
+    _, device, data, model = build_k_loop_model(recipe, "halting")
     model.eval()
     path = checkpoint or ckpt.latest(recipe.out_dir)
     if path is not None:
@@ -44,7 +45,6 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     else:
         inputs = [b["inputs"].to(device) for _, b in zip(range(batches), data.val_batches(batch_size))]
     tokens = sum(x.numel() for x in inputs)
-    adaptive, fixed = model.halting, fixed_halting(registry)
     k_max = model.k_max
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, int, list[int]]:
@@ -58,12 +58,11 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
             ks.append(int(k_t))
         return torch.tensor(ks), sum(ks), ks
 
-    def run(rule, k: int) -> tuple[float, float, int, float, list[torch.Tensor]]:
+    def run(fixed: bool, k: int) -> tuple[float, float, int, float, list[torch.Tensor]]:
         """Seconds, mean K (of the batch means), position-steps, iterations per K loop, each batch's K."""
-        model.halting, model.k_max = rule, k
         t0 = time.perf_counter()
         k_maps, work, loops = [], 0, []
-        with torch.no_grad():
+        with torch.no_grad(), model.fixed_k(k) if fixed else nullcontext():
             for x in inputs:
                 k_map, w, its = forward(x)
                 k_maps.append(k_map)
@@ -71,27 +70,25 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
                 loops += its
         if device.type == "cuda":
             torch.cuda.synchronize()
-        model.k_max = k_max
         k_mean = sum(km.float().mean().item() for km in k_maps) / len(k_maps)
         return time.perf_counter() - t0, k_mean, work, sum(loops) / len(loops), k_maps
 
-    run(adaptive, k_max)  # warm-up
-    _, m, _, _, k_maps = run(adaptive, k_max)
+    run(False, k_max)  # warm-up
+    _, m, _, _, k_maps = run(False, k_max)
     limits = _adaptive_limits(k_maps, model.live_steps, k_max) if mode == "parallel" else None
-    settings = {"a_adaptive": (adaptive, k_max), "b_fixed_round_m": (fixed, max(model.live_steps, round(m))),
-                "c_fixed_k_max": (fixed, k_max)}
+    settings = {"a_adaptive": (False, k_max), "b_fixed_round_m": (True, max(model.live_steps, round(m))),
+                "c_fixed_k_max": (True, k_max)}
     times: dict[str, list[float]] = {name: [] for name in settings}
     info: dict[str, tuple[float, int, float]] = {}
     names = list(settings)
     for r in range(repeats):
         for name in names[r % 3:] + names[: r % 3]:
-            rule, k = settings[name]
-            seconds, k_mean, work, iterations, _ = run(rule, k)
+            fixed, k = settings[name]
+            seconds, k_mean, work, iterations, _ = run(fixed, k)
             times[name].append(seconds)
             info[name] = (k_mean, work, iterations)
-    model.halting = adaptive
     rows = []
-    for name, (rule, k) in settings.items():
+    for name, (_, k) in settings.items():
         k_mean, work, iterations = info[name]
         rows.append({"setting": name, "k_budget": k, "k_mean": round(k_mean, 3),
                      "position_steps_per_token": round(work / tokens, 3),
@@ -128,9 +125,9 @@ def _adaptive_limits(k_maps: list[torch.Tensor], live_steps: int, k_max: int) ->
 
 
 def run(args, out, err) -> int:
-    from ..cli.commands import load
+    from ..runs import load
 
-    result = measure(load(args), args.checkpoint, args.batches, args.repeats, args.batch_size, args.mode,
+    result = measure(load(args.recipe, args.overrides), args.checkpoint, args.batches, args.repeats, args.batch_size, args.mode,
                      args.sequences)
     if result["checkpoint"] is None:
         err.print("note: no checkpoint in the recipe's out_dir; timing an untrained model")

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..trainer import autocast_dtype, resolve_device
-from . import build_k_loop_model, fixed_halting
+from ..build import autocast_dtype, resolve_device
+from . import build_k_loop_model
 
 
 @contextmanager
@@ -41,9 +41,8 @@ def saved_for_backward():
 
 
 def measure(recipe, ks: list[int]) -> list[dict]:
-    registry, device, data, model = build_k_loop_model(recipe, "memory")
+    _, device, data, model = build_k_loop_model(recipe, "memory")
     amp = autocast_dtype(recipe.train, device)
-    model.halting = fixed_halting(registry)
     batch = data.batch(1)
     inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
     rows = []
@@ -56,7 +55,8 @@ def measure(recipe, ks: list[int]) -> list[dict]:
         t0 = time.perf_counter()
         with saved_for_backward() as seen:
             with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
-                out = model(inputs, k_max=k)
+                with model.fixed_k(k):  # every position really takes K steps
+                    out = model(inputs, k_max=k)
                 loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         loss.backward()
         if device.type == "cuda":
@@ -75,9 +75,9 @@ def measure(recipe, ks: list[int]) -> list[dict]:
 
 
 def run(args, out, err) -> int:
-    from ..cli.commands import load
+    from ..runs import load
 
-    recipe = load(args)
+    recipe = load(args.recipe, args.overrides)
     live = getattr(recipe.model, "live_steps", 1)
     bad = [k for k in args.k if k < live]
     if bad:

@@ -19,22 +19,10 @@ def dispatch(args, out: Console, err: Console) -> int:
 
 
 def load(args):
-    """The command's recipe. When it names a component that no installed plugin provides and it
-    comes with a checkpoint (it is a checkpoint's config.yaml, or train.resume=PATH names one), the
-    checkpoint's metadata names the package to install, so the error says which."""
-    from ..checkpoint import check_plugins
-    from ..recipe import load_recipe
-    from ..registry import get_registry
+    """The command's recipe (``args.recipe`` with ``args.overrides``)."""
+    from ..runs import load as load_recipe_of
 
-    try:
-        return load_recipe(args.recipe, args.overrides)
-    except PluginError:
-        candidates = [Path(args.recipe).parent]
-        candidates += [Path(o.split("=", 1)[1]) for o in args.overrides if o.startswith("train.resume=")]
-        for path in candidates:
-            if (path / "model.safetensors").is_file():
-                check_plugins(path, get_registry())
-        raise
+    return load_recipe_of(args.recipe, args.overrides)
 
 
 def cmd_run(args, out: Console, err: Console) -> int:
@@ -92,7 +80,7 @@ def cmd_validate(args, out: Console, err: Console) -> int:
 
     from ..model import build_model
     from ..registry import get_registry
-    from ..trainer import build_data
+    from ..build import build_data
 
     recipe = load(args)
     with torch.device("meta"):  # build-time checks (shapes, divisibility) without allocating
@@ -169,21 +157,6 @@ def cmd_eval(args, out: Console, err: Console) -> int:
     return 0
 
 
-def _text_run(args):
-    import torch
-
-    from ..runs import open_run
-
-    if args.threads < 1:
-        raise ConfigError("--threads: must be at least 1")
-    torch.set_num_threads(args.threads)
-    run = open_run(args.run_dir)
-    tok = run.data.tokenizer
-    if tok is None:
-        raise ConfigError(f"{args.run_dir}: its '{run.recipe.data.type}' data source has no tokenizer; generation needs a text run (e.g. recipes/tinystories.yaml)")
-    return run, tok
-
-
 def cmd_generate(args, out: Console, err: Console) -> int:
     import sys
 
@@ -195,9 +168,13 @@ def cmd_generate(args, out: Console, err: Console) -> int:
         raise ConfigError("--max-new-tokens: must be at least 1")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError("--top-k: must be at least 1")
-    run, tok = _text_run(args)
+    from ..runs import open_text_run
+
+    run, tok = open_text_run(args.run_dir, args.threads)
     prompt = tok.encode(args.prompt)
     res = generate(run.model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop_id=tok.eos_id)
+    if args.show_k and not run.model.has_k_loop:
+        raise ConfigError(f"--show-k: {run.recipe.model.type} models have no K loop; drop --show-k")
     if args.show_k:
         k_max = run.model.k_max
         text = Text(args.prompt)
@@ -209,8 +186,8 @@ def cmd_generate(args, out: Console, err: Console) -> int:
     else:
         sys.stdout.write(args.prompt + tok.decode(res.ids) + "\n")
         sys.stdout.flush()
-    err.print(f"{len(res.ids)} tokens in {res.seconds:.2f} s: {res.tokens_per_s:.1f} tokens/s, "
-              f"mean K per generated token {res.k_mean:.2f} (k_max {run.model.k_max})", highlight=False)
+    k = f", mean K per generated token {res.k_mean:.2f} (k_max {run.model.k_max})" if run.model.has_k_loop else ""
+    err.print(f"{len(res.ids)} tokens in {res.seconds:.2f} s: {res.tokens_per_s:.1f} tokens/s{k}", highlight=False)
     return 0
 
 

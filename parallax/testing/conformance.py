@@ -125,7 +125,8 @@ def check_protocol(cls: type, base: type, name: str | None) -> None:
     require(issubclass(cls, base), f"subclass parallax.{base.__name__} (and nn.Module) so the core can call it")
     schema = cls.Config
     require(schema.model_config.get("extra") == "forbid",
-            "Config must set model_config = {'extra': 'forbid'} so that a misspelled option is an error, not ignored")
+            "Config allows unknown keys; remove model_config's extra='allow' (parallax.Spec forbids them) so that "
+            "a misspelled option is an error, not ignored")
     default = schema.model_fields["type"].default
     require(isinstance(default, str), "Config must give `type` a default: the name the plugin registers")
     if name is not None:

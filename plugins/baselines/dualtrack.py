@@ -15,13 +15,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from parallax import DataInfo, ModelOutput, RMSNorm, rope_angles
+from parallax import DataInfo, Model, ModelOutput, RMSNorm, rope_angles
 
 from .transformer import Block, TransformerOptions, build_io, embed, head_logits, init_weights
 
 
-class DualTrack(nn.Module):
+class DualTrack(Model):
     """``forward(inputs (B,T)) -> ModelOutput(logits (B,T,V), k=None)``."""
+
+    width_key = "n_embd"
 
     class Config(TransformerOptions):
         type: str = "dualtrack"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from parallax import ConfigError, DataInfo, ModelOutput, RMSNorm, Spec, apply_rope, rope_angles
+from parallax import ConfigError, DataInfo, Model, ModelOutput, RMSNorm, Spec, apply_rope, rope_angles
 from parallax.model import build_component
 from parallax.schema import Component
 from parallax_kernels.covariance_attention import covariance_attention
@@ -118,7 +118,6 @@ class Block(nn.Module):
 class TransformerOptions(Spec):
     """Options shared by the transformer and the models built from its blocks."""
 
-    model_config = {"extra": "forbid"}
     n_layer: int = Field(4, ge=1, description="number of blocks")
     n_head: int = Field(4, ge=1, description="query heads")
     n_kv_heads: int = Field(2, ge=1, description="key/value heads (GQA); must divide n_head")
@@ -210,9 +209,11 @@ class KVCache:
     pos: int = 0
 
 
-class Transformer(nn.Module):
+class Transformer(Model):
     """Decoder-only transformer. ``forward(inputs (B,T)) -> ModelOutput(logits (B,T,V), k=None)``; with
     encoder and decoder plugins, whatever they read and write (e.g. images (B,C,H,W) -> logits (B,C))."""
+
+    width_key = "n_embd"
 
     class Config(TransformerOptions):
         type: str = "transformer"
@@ -261,3 +262,8 @@ class Transformer(nn.Module):
             x, kv = blk(x, cos, sin, past)  # (B,1,d)
             layers.append(kv)
         return self.logits(self.norm(x)), KVCache(layers=layers, pos=cache.pos + 1)  # (B,1,V)
+
+    def decode_step(self, tokens_t: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, None, KVCache]:
+        """The ``Model`` protocol's generation step: ``step``, with no K loop."""
+        logits, cache = self.step(tokens_t, cache)  # (B,1,V)
+        return logits[:, -1], None, cache

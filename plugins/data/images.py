@@ -61,7 +61,6 @@ class DigitsData(ImageData):
     """scikit-learn's 1,797 bundled 8x8 handwritten digits, with a fixed stratified train/test split."""
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "digits"
         test_fraction: float = Field(0.2, gt=0, lt=1, description="share of the images held out as the test set")
         split_seed: int = Field(0, description="fixes the train/test split independently of the run's seed")
@@ -86,7 +85,6 @@ class HubImageData(ImageData):
     """An image classification data set through ``datasets``: a hub id (``mnist``) or a local folder."""
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "hf_images"
         dataset: str = Field("mnist", description="hub id, or a local folder that datasets.load_dataset reads")
         train_split: str = "train"

@@ -22,7 +22,6 @@ class RecallData(parallax.DataSource):
     kind_names = {0: "other", 1: "recall"}
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "recall"
         n_keys: int = Field(64, ge=2)
         n_values: int = Field(64, ge=2)

@@ -33,7 +33,6 @@ class TinyStoriesData(parallax.DataSource):
     has_accuracy = False
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "tinystories"
         files: str | list[str] | None = Field(None, description="local .txt/.jsonl copies; null streams from the hub")
         dataset: str = Field("roneneldan/TinyStories", description="hub id (or a local data set folder)")

@@ -30,7 +30,6 @@ class AttentionProbe(parallax.Expert):
     gather = True
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "attention_probe"
         slots: int = Field(2, ge=1, description="query sets, one slot each")
         heads: int = Field(4, ge=1)

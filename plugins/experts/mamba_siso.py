@@ -41,7 +41,6 @@ class MambaSISO(parallax.Expert):
     clock = "token"
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "mamba_siso"
         slots: int = Field(4, ge=1, description="readouts of the state, one slot each")
         d_state: int = Field(16, ge=1, description="state size N per channel")

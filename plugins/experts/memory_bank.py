@@ -31,7 +31,6 @@ class MemoryBank(parallax.Expert):
     clock = "token"
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "memory_bank"
         slots: int = Field(2, ge=1, description="read queries, one slot each")
         entries: int = Field(128, ge=2, description="learned bank entries N")

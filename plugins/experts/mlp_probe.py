@@ -13,7 +13,6 @@ class MLPProbe(parallax.Expert):
     gather = True  # position-wise: any layout of query positions works
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "mlp_probe"
         slots: int = Field(1, ge=1)
         hidden: int = Field(128, ge=1)

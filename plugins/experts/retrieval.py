@@ -39,7 +39,6 @@ class Retrieval(parallax.Expert):
     clock = "token"
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "retrieval"
         slots: int = Field(2, ge=1, description="best matches proposed, one slot each")
         capacity: int = Field(256, ge=1, description="most pairs the index holds; the oldest is evicted first")

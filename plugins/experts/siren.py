@@ -19,7 +19,6 @@ class Siren(parallax.Expert):
     gather = True  # position-wise: any layout of query positions works
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "siren"
         slots: int = Field(1, ge=1)
         hidden: int = Field(64, ge=1)

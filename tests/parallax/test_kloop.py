@@ -10,7 +10,7 @@ from parallax.kloop import settle
 from parallax.model import build_model
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
-from parallax.trainer import build_data
+from parallax.build import build_data
 
 
 def tiny_model(tiny_recipe, *overrides):
@@ -132,7 +132,8 @@ def test_evaluation_always_uses_k_max(tiny_recipe):
 
 def test_gathering_active_positions_changes_nothing_but_the_work(tiny_recipe):
     model, data = tiny_model(tiny_recipe)
-    model.eval()
+    # float64: the gathered and masked blocks have other shapes, so float32 kernels may round differently
+    model.double().eval()
     inputs = data.batch(1)["inputs"]
     T = inputs.shape[1]
     mask = torch.arange(T) % 4 != 0  # three quarters halt after step 2
@@ -143,7 +144,7 @@ def test_gathering_active_positions_changes_nothing_but_the_work(tiny_recipe):
         masked = settle(model.workspace, model.experts, ctx, x, pos, HaltAt(mask, 2), 7, 1, compact_below=0.0)
         gathered = settle(model.workspace, model.experts, ctx, x, pos, HaltAt(mask, 2), 7, 1, compact_below=1.0)
     assert torch.equal(masked.k, gathered.k)
-    torch.testing.assert_close(gathered.h, masked.h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gathered.h, masked.h, rtol=1e-10, atol=1e-12)
     B = inputs.shape[0]
     assert masked.work == 7 * B * T
     n_live = int((~mask).sum())  # positions still settling after step 2, the same in every row

@@ -9,7 +9,8 @@ from parallax.model import build_model
 from parallax.optim import MuonAdamW, muon_split
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
-from parallax.trainer import build_data, build_optimizer
+from parallax.build import build_data
+from parallax.optim import make_optimizer
 
 
 def model_and_recipe(path, *overrides):
@@ -24,7 +25,7 @@ def test_muon_gets_exactly_the_hidden_weight_matrices(make_tiny_recipe):
                                      {"type": "mamba_siso", "slots": 1, "d_state": 2}])
     model, recipe = model_and_recipe(path, "train.optimizer.type=muon", "train.optimizer.lr=0.02",
                                      "train.optimizer.adamw={lr: 0.001}")
-    opt = build_optimizer(model, recipe.train)
+    opt = make_optimizer(model, recipe.train.optimizer)
     assert isinstance(opt, MuonAdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {"muon": [], "adamw": []}
@@ -46,7 +47,7 @@ def test_muon_gets_exactly_the_hidden_weight_matrices(make_tiny_recipe):
 
 def test_muon_steps_schedules_and_round_trips(make_tiny_recipe):
     model, recipe = model_and_recipe(make_tiny_recipe(), "train.optimizer.type=muon")
-    opt = build_optimizer(model, recipe.train)
+    opt = make_optimizer(model, recipe.train.optimizer)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
     assert all(g["lr"] == pytest.approx(recipe.train.optimizer.lr * 0.5) for g in opt.param_groups)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -57,7 +58,7 @@ def test_muon_steps_schedules_and_round_trips(make_tiny_recipe):
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     hidden, _ = muon_split(model)
     assert {n for n, _ in hidden} <= moved
-    fresh = build_optimizer(model, recipe.train)
+    fresh = make_optimizer(model, recipe.train.optimizer)
     fresh.load_state_dict(opt.state_dict())
     assert fresh.state_dict()["muon"]["state"].keys() == opt.state_dict()["muon"]["state"].keys()
     # after loading, a scheduler stepping the outer groups still reaches the groups each half reads
@@ -78,7 +79,7 @@ def test_muon_options_are_validated_on_both_sides(make_tiny_recipe):
 
 def test_the_muon_recipe_puts_exactly_the_hidden_weights_under_muon():
     model, recipe = model_and_recipe("recall_covariance_muon")
-    opt = build_optimizer(model, recipe.train)
+    opt = make_optimizer(model, recipe.train.optimizer)
     muon = {id(p) for g in opt.param_groups if g["optimizer"] == "muon" for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in muon}
     assert names == {

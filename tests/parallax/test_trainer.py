@@ -56,6 +56,20 @@ def test_same_seed_same_losses(tiny_recipe, tmp_path):
     assert [r["loss"] for r in metrics(tmp_path / "c") if "loss" in r] != losses[0]
 
 
+#: the training losses of the tiny recipe's first six steps (seed 0, one thread), recorded before the
+#: trainer was split into optim/build/resume/metrics/progress; a refactor must not change training
+TINY_LOSSES = [2.7832934856414795, 2.738081693649292, 2.760521650314331, 2.742600917816162, 2.773420810699463,
+               2.678251028060913]
+
+
+def test_the_tiny_recipe_trains_to_its_recorded_losses(tiny_recipe, tmp_path):
+    from parallax.testing import train as train_tiny
+
+    train_tiny(tiny_recipe, tmp_path / "run", steps=6)
+    losses = [r["loss"] for r in metrics(tmp_path / "run") if "loss" in r]
+    assert losses == pytest.approx(TINY_LOSSES, rel=1e-4)
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "parallax", *args]
 
@@ -208,7 +222,7 @@ def test_sigterm_saves_the_run_like_ctrl_c(tiny_recipe, tmp_path):
 
 
 def test_old_checkpoints_keep_their_optimizer_state_across_a_torch_upgrade():
-    from parallax.trainer import _compatible_groups, _group_keys
+    from parallax.resume import compatible_groups as _compatible_groups, group_keys as _group_keys
 
     model = torch.nn.Linear(4, 4)
     adamw = _group_keys(torch.optim.AdamW(model.parameters()).state_dict())

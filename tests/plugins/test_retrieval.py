@@ -15,7 +15,7 @@ from parallax.model import build_model
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
 from parallax.testing import train
-from parallax.trainer import build_data
+from parallax.build import build_data
 
 D, INFO = 16, parallax.DataInfo(vocab_size=10)
 

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from parallax.bench.dynamics import states, summarize
+from parallax.bench.dynamics import summarize
 from parallax.cli.main import main
 from parallax.runs import open_run
 from parallax.testing import train
@@ -45,8 +45,8 @@ def test_states_follow_the_k_loop_on_a_trained_run(tiny_recipe, tmp_path, capsys
     train(tiny_recipe, run_dir, steps=2)
     run = open_run(run_dir)
     inputs = next(iter(run.data.val_batches()))["inputs"]
-    h3, raw3 = states(run.model, inputs, 3)
-    h2, _ = states(run.model, inputs, 2)
+    h3, raw3 = run.model.trajectory(inputs, 3)
+    h2, _ = run.model.trajectory(inputs, 2)
     B, T = inputs.shape
     assert h3.shape == (4, B, T, run.model.cfg.d_model) and raw3.shape == (2, B, T)
     torch.testing.assert_close(h3[:3], h2)  # the state after k steps does not depend on the budget

@@ -38,7 +38,6 @@ class EvenSlots(parallax.Expert):
     clock = "h"
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "even_slots"
         slots: int = 2
 

@@ -24,7 +24,6 @@ class CausalConv(parallax.Expert):
     clock = "token"
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "causal_conv"
         slots: int = Field(3, ge=1, description="time scales, one slot each")
         kernel_size: int = Field(3, ge=2, description="taps per scale")

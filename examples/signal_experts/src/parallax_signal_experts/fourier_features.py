@@ -26,7 +26,6 @@ class FourierFeatures(parallax.Expert):
     clock = "h"
 
     class Config(parallax.Spec):
-        model_config = {"extra": "forbid"}
         type: str = "fourier_features"
         slots: int = Field(1, ge=1)
         features: int = Field(32, ge=1, description="frequencies F; the expert reads 2F features")
