@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 
 MAX_THREADS = 1024  # torch.set_num_threads crashes the process far above any real core count
@@ -39,8 +39,13 @@ class Kind:
     kind: str
 
 
+def _unresolved(value):
+    """A mapping becomes an ``Unresolved`` component; a plugin's ``Config`` instance stays as it is."""
+    return Unresolved.model_validate(value) if isinstance(value, dict) else value
+
+
 def Component(kind: str):  # noqa: N802 - reads like a type in field annotations
-    return Annotated[Unresolved, Kind(kind)]
+    return Annotated[Spec, Kind(kind), BeforeValidator(_unresolved)]
 
 
 class OptimizerConfig(Spec):
