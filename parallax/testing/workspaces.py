@@ -15,6 +15,10 @@ Checks, by the name ``skip`` takes:
   h-clocked slots at every step, then concatenating, equals projecting them together.
 - positions: positions settle independently: changing one position's inputs changes only its state.
 - incremental: settling one position alone (as generation does) equals its row of the parallel loop.
+- halted: inside the real K loop (``parallax.kloop.settle``, masked and gathered), with positions
+  halting after different steps, every position ends where a fixed loop of its own K leaves it: a
+  halted position's state does not move (a workspace that writes the state in place, or mishandles
+  ``active``, fails here).
 - state_dict, safetensors, autocast, no_grad_then_live: the shared checks of ``conformance``.
 """
 from __future__ import annotations
@@ -23,13 +27,55 @@ from typing import Any
 
 import torch
 
-from ..protocols import DataInfo, Workspace, WorkspaceState
+from ..kloop import settle as kloop_settle
+from ..protocols import DataInfo, Expert, HaltingRule, Workspace, WorkspaceState
 from .conformance import (
     Subject, changed_positions, check_dtypes, check_protocol, check_shared, differs, perturbed, randn,
     require, start,
 )
 
-CHECKS = ("protocol", "shapes", "dtypes", "slotwise", "positions", "incremental")
+CHECKS = ("protocol", "shapes", "dtypes", "slotwise", "positions", "incremental", "halted")
+
+
+class _GivenSlots(Expert):
+    """Token-clocked stand-in expert: its context is the slots ``(B,T,S_tok,d)`` it proposes."""
+
+    clock = "token"
+
+    def __init__(self, slots: int):
+        super().__init__()
+        self.slots = slots
+
+    def context(self, x):
+        return self.given
+
+    def propose(self, h_eff, ctx, positions):
+        return ctx  # (B,T,S_tok,d)
+
+
+class _MixedState(Expert):
+    """h-clocked stand-in expert: ``tanh(h_eff * mix)`` per slot, the same at any query positions."""
+
+    clock = "h"
+    gather = True
+
+    def __init__(self, mix: torch.Tensor):
+        super().__init__()
+        self.slots = mix.shape[0]
+        self.mix = mix  # (S_h,d)
+
+    def propose(self, h_eff, ctx, positions):
+        return torch.tanh(h_eff[:, :, None, :] * self.mix.to(h_eff.dtype))  # (B,T,S_h,d)
+
+
+class _HaltAfter(HaltingRule):
+    """Halts each position after the frozen step ``at (B,T)`` names."""
+
+    def __init__(self, at: torch.Tensor):
+        self.at = at
+
+    def update(self, raw, prev_raw, memo, k):
+        return self.at == k  # (B,T)
 
 
 def assert_workspace_conforms(
@@ -149,10 +195,38 @@ def assert_workspace_conforms(
         require(diff is None, f"settling one position alone differs from settling all positions together{diff}; "
                               f"generation settles each new position alone")
 
+    def halted() -> None:
+        m = build(0)
+        x, tok = example()
+        k_max, live = max(k_steps, 4), 1
+        given, probe = _GivenSlots(token_slots), _MixedState(mix)
+        given.given = tok.detach()
+        at = 1 + torch.arange(B * T, device=dev).view(B, T) % (k_max - live)  # (B,T) halts after 1..k_max-1
+        experts = [given, probe]
+        ctx = [e.context(x) for e in experts]
+        pos = torch.arange(T, device=dev)
+        with torch.no_grad():
+            xs = x.detach()
+            # the reference: this kit's plain loop of a fixed K, which never passes ``active``
+            ref = {kk: settle(m, x, tok, frozen=kk - live, live=live) for kk in range(live + 1, k_max + 1)}
+            for compact, path in ((0.0, "masked"), (1.0, "gathered")):
+                res = kloop_settle(m, experts, ctx, xs, pos, _HaltAfter(at), k_max, live, compact_below=compact)
+                want_k = torch.clamp(at, max=k_max - live) + live  # (B,T)
+                require(torch.equal(res.k, want_k), f"the K loop ({path}) gave K {res.k.tolist()}; expected "
+                                                    f"{want_k.tolist()} from the halting rule")
+                want = torch.stack([ref[int(kk)][b, t] for b, t, kk in
+                                    ((b, t, want_k[b, t]) for b in range(B) for t in range(T))]).view(B, T, -1)
+                diff = differs(res.h, want, rtol, atol)
+                require(diff is None, f"in the real K loop ({path}), with positions halting after different steps, "
+                                      f"a position's final state differs from a fixed loop of its own K{diff}; a "
+                                      f"halted position's state must not move (do not write the state in place; "
+                                      f"with `active`, update only active positions)")
+
     report.check("protocol", protocol)
     report.check("shapes", shapes)
     report.check("dtypes", lambda: check_dtypes(s, "the settled state"))
     report.check("slotwise", slotwise)
     report.check("positions", positions)
     report.check("incremental", incremental)
+    report.check("halted", halted)
     check_shared(report, s, rtol, atol)

@@ -44,6 +44,25 @@ def test_broken_workspace_is_rejected(cls, needle):
         assert_workspace_conforms(cls)
 
 
+class UpdatesHaltedPositions(CWS):
+    """Reads ``active`` the wrong way round: updates the halted positions and keeps the active ones."""
+
+    def step(self, state, h_eff, k, v, active=None):
+        new, raw = super().step(state, h_eff, k, v)
+        if active is not None:
+            m = active[..., None]  # (B,T,1)
+            new = parallax.WorkspaceState(torch.where(m, state.h, new.h), torch.where(m[..., None], state.cum, new.cum))
+        return new, raw
+
+
+def test_a_workspace_that_updates_halted_positions_fails_the_halted_check():
+    with pytest.raises(ConformanceError) as caught:
+        assert_workspace_conforms(UpdatesHaltedPositions)
+    message = str(caught.value)
+    assert "halted: in the real K loop (masked), with positions halting after different steps" in message
+    assert "fails 1 conformance check" in message  # the kit's own loop never passes `active`: only this check sees it
+
+
 def test_workspace_that_keeps_state_between_calls_fails_the_frozen_then_live_check():
     class RemembersLastOutput(CWS):
         def __init__(self, cfg, d_model, info):
