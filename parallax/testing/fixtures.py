@@ -14,14 +14,33 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from ..registry import PluginInfo
+from ..registry import PluginInfo, get_registry
 from .plugins import registered
-from .recipes import write_tiny_recipe
+from .recipes import tiny_recipe_data, write_tiny_recipe
+
+#: where each component of the tiny recipe sits, and its registry kind
+_PARTS = (("halting", "halting_rules"), ("encoder", "encoders"), ("workspace", "workspaces"), ("decoder", "decoders"))
+
+
+def require_components(data: dict) -> None:
+    """Fail the test in one line when the tiny recipe names components that are not registered (built-in
+    plugins turned off by PARALLAX_DISABLE_PLUGINS or PARALLAX_LOAD_PLUGINS, say)."""
+    model = data["model"]
+    wanted = [("models", model["type"]), ("data_sources", data["data"]["type"])]
+    wanted += [(kind, model[key]["type"]) for key, kind in _PARTS]
+    wanted += [("experts", e["type"]) for e in model["experts"]]
+    registry = get_registry()
+    missing = [f"{kind[:-1]} '{name}'" for kind, name in wanted if name not in registry.entries.get(kind, {})]
+    if missing:
+        why = "; ".join(sorted(set(registry.skipped.values()))) or "no installed plugin provides them"
+        pytest.fail(f"parallax.testing: the tiny recipe needs {', '.join(missing)} from parallax's built-in plugins "
+                    f"({why}); enable them, or swap in your own with make_tiny_recipe(...)", pytrace=False)
 
 
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     """Path to the tiny recipe; its ``out_dir`` is ``tmp_path / "run"``."""
+    require_components(tiny_recipe_data(tmp_path / "run"))
     return write_tiny_recipe(tmp_path / "tiny.yaml", tmp_path / "run")
 
 
@@ -33,6 +52,7 @@ def make_tiny_recipe(tmp_path: Path) -> Callable[..., Path]:
     def make(**components: Any) -> Path:
         nonlocal made
         made += 1
+        require_components(tiny_recipe_data(tmp_path, **components))
         return write_tiny_recipe(tmp_path / f"tiny-{made}.yaml", tmp_path / f"run-{made}", **components)
 
     return make

@@ -93,3 +93,21 @@ def test_train_runs_a_recipe_for_the_given_steps(make_tiny_recipe, tmp_path):
     assert summary["step"] == 2 and summary["val_loss"] > 0
     saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert saved["train"]["max_steps"] == 2 and saved["model"]["experts"][0]["type"] == "mlp_probe"
+
+
+def test_with_built_ins_disabled_the_tiny_recipe_names_what_it_needs_in_one_line(pytester, monkeypatch):
+    from parallax.registry import get_registry
+
+    monkeypatch.setenv("PARALLAX_DISABLE_PLUGINS", "builtin-experts")
+    get_registry(refresh=True)
+    try:
+        pytester.makeconftest('pytest_plugins = ["parallax.testing"]\n')
+        pytester.makepyfile(test_author="def test_uses_it(tiny_recipe):\n    pass\n")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+        result.assert_outcomes(errors=1)  # the fixture fails at setup, before the test runs
+        result.stdout.fnmatch_lines(["*parallax.testing: the tiny recipe needs expert 'mamba_siso'*"
+                                     "PARALLAX_DISABLE_PLUGINS*enable them*"])
+        assert "Traceback" not in result.stdout.str()
+    finally:
+        monkeypatch.delenv("PARALLAX_DISABLE_PLUGINS")
+        get_registry(refresh=True)
