@@ -35,6 +35,7 @@ from .progress import TrainingProgress
 from .recipe import dump_recipe
 from .registry import Registry, get_registry
 from .resume import resolve_resume, restore_state, trainer_state
+from .rundir import RunLock, check_resume_target, set_aside
 from .schema import Recipe
 
 
@@ -52,6 +53,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.is_main = self.rank == 0
         self.metrics = MetricsFile(self.out_dir, enabled=self.is_main)
+        self.lock: RunLock | None = None
 
     def _emit(self, event: str, *args) -> None:
         for cb in self.callbacks:
@@ -72,7 +74,13 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp = autocast_dtype(cfg, self.device)
         seed_all(self.recipe.seed)  # identical initial weights on every rank
+        if self.is_main and self.lock is None:  # one run per out_dir, before anything there is read or written
+            self.lock = RunLock(self.out_dir).acquire()
+            if self.lock.note:
+                self.console.print(f"note: {self.lock.note}")
         self.resume_from = resolve_resume(cfg, self.out_dir)
+        if self.resume_from is not None and cfg.resume not in (True, "true", "auto"):
+            check_resume_target(self.out_dir, self.resume_from)
         self.data = build_data(self.recipe, self.registry)
         if self.resume_from is not None:
             self.data.restore(self.resume_from)  # the tokenizer the weights were trained with
@@ -150,6 +158,11 @@ class Trainer:
         (self.out_dir / "config.yaml").write_text(self.config_yaml)
         for name, content in self.data.files().items():
             (self.out_dir / name).write_bytes(content)
+        if self.resume_from is None:
+            aside = set_aside(self.metrics.path)
+            if aside is not None:
+                self.console.print(f"note: {self.out_dir} held an earlier run's {self.metrics.path.name} and no "
+                                   f"checkpoint; kept it as {aside.name}")
         torn = self.metrics.trim(self.step)  # records the interrupted run logged past its checkpoint
         if torn:
             self.console.print(f"note: dropped {torn} unreadable line{'s' * (torn > 1)} from {self.metrics.path} "
@@ -157,6 +170,15 @@ class Trainer:
         self.console.print(self._header())
 
     def fit(self) -> dict:
+        """Train to ``max_steps`` or ``max_minutes``, evaluate and save; returns the run's summary."""
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _fit(self) -> dict:
         self.setup()
         cfg = self.cfg
         if self.is_main:
