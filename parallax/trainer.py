@@ -142,6 +142,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp = autocast_dtype(cfg, self.device)
         _seed_all(self.recipe.seed)  # identical initial weights on every rank
+        if self.is_main:
+            ckpt.clean_stale(self.out_dir)  # temporary folders of dead processes' saves
         self.resume_from = resolve_resume(cfg, self.out_dir)
         self.data = build_data(self.recipe, self.registry)
         if self.resume_from is not None:

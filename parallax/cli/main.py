@@ -1,4 +1,5 @@
-"""``parallax``: run, eval, generate, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench.
+"""``parallax``: run, eval, generate, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench,
+convert-checkpoint.
 
 User errors (``ParallaxError``) print one line and exit 2; argparse errors do the same and say
 what to use instead. Recipe overrides are positional ``key=value`` and ``~key`` items.
@@ -18,7 +19,8 @@ from rich.console import Console
 from ..errors import ParallaxError
 from ..schema import MAX_THREADS
 
-COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench"]
+COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench",
+            "convert-checkpoint"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -136,6 +138,12 @@ def build_parser() -> Parser:
     n.add_argument("--kind", choices=["expert", "encoder", "decoder", "workspace"], default="expert",
                    help="what the plugin provides (default: expert)")
     n.add_argument("--dest", help="directory to create (default: ./NAME); must not exist or be empty")
+
+    cc = sub.add_parser("convert-checkpoint", help="rewrite an older checkpoint's pickled trainer_state.pt as "
+                                                   "safetensors + JSON (a run directory: each of its checkpoints)")
+    cc.add_argument("path", help="a step-XXXXXXXX/ folder or a run's out_dir")
+    cc.add_argument("--trust-pickle", action="store_true",
+                    help="state that the file comes from a trusted source (it is still read without running code)")
 
     b = sub.add_parser("bench", help="benchmarks that print tables or JSON")
     bsub = b.add_subparsers(dest="bench", metavar="benchmark", parser_class=Parser)
