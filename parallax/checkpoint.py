@@ -214,7 +214,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _save_failed(e: OSError, final: Path, root: Path) -> str:
     problem = e.strerror or str(e).splitlines()[0] or type(e).__name__
-    where = f" ({e.filename})" if e.filename else ""
+    where = f" (writing {Path(e.filename).name})" if e.filename else ""  # the temporary folder is gone
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = f"free space on the disk of {root} and resume with train.resume=auto, or choose another out_dir=..."
     else:

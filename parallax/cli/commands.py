@@ -228,8 +228,8 @@ def cmd_convert_checkpoint(args, out: Console, err: Console) -> int:
     from ..checkpoint import LEGACY_STATE, convert_legacy
 
     if not args.trust_pickle:
-        raise ConfigError(f"convert-checkpoint: {args.path}'s {LEGACY_STATE} is a pickle, which can run code; pass "
-                          f"--trust-pickle to state that you trust its source (it is read without running code)")
+        raise ConfigError(f"convert-checkpoint: the {LEGACY_STATE} of {args.path} is a pickle, which can run code; "
+                          f"pass --trust-pickle to state that you trust its source (it is read without running code)")
     done = convert_legacy(args.path)
     for path in done:
         out.out(f"converted {path}", highlight=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import math
 import os
 import signal
@@ -234,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # a path that cannot be created, written or read: the user's to fix
         where = f"{e.filename}: " if e.filename else ""
-        sys.stderr.write(f"parallax: error: {where}{e.strerror or e}; check that the path exists and is writable\n")
+        fix = "free space on that disk or choose another out_dir=..." if e.errno == errno.ENOSPC \
+            else "check that the path exists and is writable"
+        sys.stderr.write(f"parallax: error: {where}{e.strerror or e}; {fix}\n")
         return 2
     finally:
         if previous is not None:
