@@ -126,8 +126,19 @@ def save(
         raise CheckpointError(_save_failed(e, final, root)) from None
     if keep_last_n:
         for old in list_checkpoints(out_dir)[:-keep_last_n]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
+
+
+def _remove(ck: Path) -> None:
+    """Remove a checkpoint: renamed to a temporary name first, so a kill midway leaves no half of a step."""
+    doomed = ck.parent / f".tmp-{ck.name}-{os.getpid()}"
+    try:
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.rename(ck, doomed)
+    except OSError:
+        return  # kept: an old checkpoint that cannot be removed is no reason to stop a run
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def clean_stale(out_dir: str | Path) -> list[Path]:
@@ -380,8 +391,10 @@ def convert_legacy(path: str | Path) -> list[Path]:
 def _read_legacy(f: Path) -> dict:
     import numpy as np
 
-    multiarray = getattr(np, "_core", None) or np.core
-    allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    reconstruct = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
+    allowed = [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+               (reconstruct, "numpy.core.multiarray._reconstruct"),  # its name in a pickle numpy 1 wrote
+               (reconstruct, "numpy._core.multiarray._reconstruct")]
     try:
         with torch.serialization.safe_globals(allowed):
             state = torch.load(f, map_location="cpu", weights_only=True)

@@ -302,6 +302,18 @@ def test_a_failed_swap_puts_the_old_step_back(tmp_path, monkeypatch):
     assert weight(final) == 1.0 and [p.name for p in tmp_path.iterdir()] == ["step-00000001"]
 
 
+def test_pruning_renames_a_step_away_before_removing_it(tmp_path, monkeypatch):
+    for step in (1, 2):
+        save_linear(tmp_path, step, 1.0)
+    monkeypatch.setattr(shutil, "rmtree", lambda p, **kw: None)  # killed after the rename, before any file goes
+    ckpt.save(tmp_path, 3, nn.Linear(2, 2), {}, "", {}, keep_last_n=2)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    assert (tmp_path / f".tmp-step-00000001-{os.getpid()}").is_dir()  # whole, under a name no load reads
+    ckpt.clean_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000003"]
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
