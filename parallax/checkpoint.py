@@ -255,7 +255,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(f), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); use an earlier step-* folder (train.resume=PATH to train on from it)") from None
+        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); use an earlier step-* folder "
+                              f"(train.resume=PATH to train on from it)") from None
 
 
 def check_plugins(path: str | Path, registry: Registry) -> None:
@@ -287,7 +288,8 @@ def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
     try:
         state = load_file(str(f))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{f}: corrupt or unreadable ({str(e).splitlines()[0]}); use an earlier step-* folder (train.resume=PATH to train on from it)") from None
+        raise CheckpointError(f"{f}: corrupt or unreadable ({str(e).splitlines()[0]}); use an earlier step-* folder "
+                              f"(train.resume=PATH to train on from it)") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -177,8 +177,7 @@ def check_tensors(tensors_path: str | Path) -> None:
         with safe_open(str(tensors_path), framework="pt"):
             pass
     except (SafetensorError, ValueError, RuntimeError) as e:
-        raise ValueError(f"not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-            from None
+        raise ValueError(f"not a readable safetensors file ({_first_line(e)})") from None
 
 
 def load(tensors_path: str | Path, json_path: str | Path) -> Any:
@@ -187,10 +186,13 @@ def load(tensors_path: str | Path, json_path: str | Path) -> Any:
     try:
         tensors = load_file(str(tensors_path))
     except (SafetensorError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{Path(tensors_path).name}: not a readable safetensors file "
-                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise ValueError(f"{Path(tensors_path).name}: not a readable safetensors file ({_first_line(e)})") from None
     return decode(doc, tensors)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"holds the bare constant {name}, which strict JSON does not allow")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__

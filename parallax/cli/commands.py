@@ -234,5 +234,6 @@ def cmd_convert_checkpoint(args, out: Console, err: Console) -> int:
     for path in done:
         out.out(f"converted {path}", highlight=False)
     if not done:
-        err.print(f"{args.path}: every checkpoint is in the current format already; nothing to convert", highlight=False)
+        err.print(f"{args.path}: every checkpoint is in the current format already; nothing to convert",
+                  highlight=False)
     return 0

@@ -325,8 +325,8 @@ def test_clean_stale_removes_the_folders_of_dead_processes_only(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         dead = dead_pid()
-        for name in (f".tmp-step-00000002-{dead}", f".tmp-step-00000003-{live.pid}", f".tmp-step-00000004-{os.getpid()}",
-                     f".old-step-00000001-{dead}"):
+        for name in (f".tmp-step-00000002-{dead}", f".tmp-step-00000003-{live.pid}",
+                     f".tmp-step-00000004-{os.getpid()}", f".old-step-00000001-{dead}"):
             (tmp_path / name).mkdir()
             (tmp_path / name / "model.safetensors").write_bytes(b"partial")
         shutil.copytree(tmp_path / "step-00000001", tmp_path / f".old-step-00000005-{dead}")  # a crash mid-swap
@@ -366,7 +366,8 @@ def test_a_full_disk_during_a_save_is_one_error_naming_the_older_checkpoint(tmp_
     with pytest.raises(CheckpointError) as caught:
         save_linear(tmp_path, 2, 2.0)
     msg = str(caught.value)
-    assert msg.startswith("could not save checkpoint step-00000002: No space left on device (writing trainer_state.safetensors);")
+    assert msg.startswith("could not save checkpoint step-00000002: No space left on device "
+                          "(writing trainer_state.safetensors);")
     assert "free space on the disk of" in msg and "choose another out_dir" in msg
     assert f"the newest intact checkpoint is {older}" in msg
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000001"]  # the temporary folder is gone
@@ -394,13 +395,15 @@ def test_a_real_full_disk_is_one_line_and_keeps_the_older_checkpoints(tiny_recip
         pytest.skip("mounting a small tmpfs needs root and mount(8)")
     small = tmp_path / "small"
     small.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True,
+                          text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         out = small / "run"
-        line = one_line(capsys, ["run", str(tiny_recipe), f"out_dir={out}", "train.max_steps=1000", "train.save_every=1",
-                                 "train.eval_every=100000", "train.keep_last_n=100000"], logged=True)
+        line = one_line(capsys, ["run", str(tiny_recipe), f"out_dir={out}", "train.max_steps=1000",
+                                 "train.save_every=1", "train.eval_every=100000", "train.keep_last_n=100000"],
+                        logged=True)
         saved = ckpt.list_checkpoints(out)
         assert "No space left on device" in line and "free space" in line and len(saved) >= 2, line
         assert f"the newest intact checkpoint is {saved[-1]}" in line
