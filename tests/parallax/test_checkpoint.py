@@ -1,18 +1,37 @@
-"""Checkpoints record which plugin (and version) provides each component; loading one whose plugin
-is missing names the package to install."""
+"""Checkpoints: which plugin (and version) provides each component, and the package to install when
+one is missing; the trainer state as safetensors + JSON, never a pickle (pickle bombs, the older
+format and its conversion, damaged files); atomic, durable saves (fsync, swaps, stale folders, a full
+disk, kill -9 at random moments)."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from torch import nn
 
 from parallax import checkpoint as ckpt
+from parallax import statefile
 from parallax.cli.main import main
 from parallax.errors import CheckpointError
 from parallax.registry import get_registry
+from parallax.runs import open_run
 from parallax.testing import tiny_recipe_data
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "plugins" / "data"))
+from text_helpers import text_recipe, write_txt  # noqa: E402
 
 COMPONENTS = {"experts/mamba_siso": "parallax-cws==0.1.0", "experts/wavelet": "parallax-wavelets==0.3.1"}
 
@@ -62,27 +81,6 @@ def test_state_tensors_are_detached_contiguous_cpu_copies_of_the_state_dict():
 
 
 # -- the trainer state: safetensors + JSON, never a pickle ------------------------------------------
-import errno  # noqa: E402
-import os  # noqa: E402
-import pickle  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from parallax import statefile  # noqa: E402
-from parallax.runs import open_run  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "plugins" / "data"))
-from text_helpers import text_recipe, write_txt  # noqa: E402
-
-
 def equal_states(a, b) -> bool:
     """The same document and the same tensors: types (tuples, int keys) and NaNs included."""
     (ta, da), (tb, db) = statefile.encode(a), statefile.encode(b)
