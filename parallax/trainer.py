@@ -78,6 +78,7 @@ class Trainer:
             self.lock = RunLock(self.out_dir).acquire()
             if self.lock.note:
                 self.console.print(f"note: {self.lock.note}")
+            ckpt.clean_stale(self.out_dir)  # temporary folders of dead processes' saves
         self.resume_from = resolve_resume(cfg, self.out_dir)
         if self.resume_from is not None and cfg.resume not in (True, "true", "auto"):
             check_resume_target(self.out_dir, self.resume_from)

@@ -199,3 +199,18 @@ def cmd_bench(args, out: Console, err: Console) -> int:
         raise ConfigError(f"unknown benchmark '{args.bench}'; choose one of {', '.join(BENCHMARKS)}")
     # imported on demand: a benchmark's dependencies (triton, torch.compile) load only when it runs
     return importlib.import_module(f"parallax.bench.{args.bench}").run(args, out, err)
+
+
+def cmd_convert_checkpoint(args, out: Console, err: Console) -> int:
+    from ..checkpoint import LEGACY_STATE, convert_legacy
+
+    if not args.trust_pickle:
+        raise ConfigError(f"convert-checkpoint: the {LEGACY_STATE} of {args.path} is a pickle, which can run code; "
+                          f"pass --trust-pickle to state that you trust its source (it is read without running code)")
+    done = convert_legacy(args.path)
+    for path in done:
+        out.out(f"converted {path}", highlight=False)
+    if not done:
+        err.print(f"{args.path}: every checkpoint is in the current format already; nothing to convert",
+                  highlight=False)
+    return 0

@@ -1,4 +1,5 @@
-"""``parallax``: run, eval, generate, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench.
+"""``parallax``: run, eval, generate, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench,
+convert-checkpoint.
 
 User errors (``ParallaxError``) print one line and exit 2; argparse errors do the same and say
 what to use instead. Recipe overrides are positional ``key=value`` and ``~key`` items.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import math
 import os
 import signal
@@ -18,7 +20,8 @@ from rich.console import Console
 from ..errors import ParallaxError
 from ..schema import MAX_THREADS
 
-COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench"]
+COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench",
+            "convert-checkpoint"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -137,6 +140,12 @@ def build_parser() -> Parser:
                    help="what the plugin provides (default: expert)")
     n.add_argument("--dest", help="directory to create (default: ./NAME); must not exist or be empty")
 
+    cc = sub.add_parser("convert-checkpoint", help="rewrite an older checkpoint's pickled trainer_state.pt as "
+                                                   "safetensors + JSON (a run directory: each of its checkpoints)")
+    cc.add_argument("path", help="a step-XXXXXXXX/ folder or a run's out_dir")
+    cc.add_argument("--trust-pickle", action="store_true",
+                    help="state that the file comes from a trusted source (it is still read without running code)")
+
     b = sub.add_parser("bench", help="benchmarks that print tables or JSON")
     bsub = b.add_subparsers(dest="bench", metavar="benchmark", parser_class=Parser)
     bsub.required = True
@@ -226,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # a path that cannot be created, written or read: the user's to fix
         where = f"{e.filename}: " if e.filename else ""
-        sys.stderr.write(f"parallax: error: {where}{e.strerror or e}; check that the path exists and is writable\n")
+        fix = "free space on that disk or choose another out_dir=..." if e.errno == errno.ENOSPC \
+            else "check that the path exists and is writable"
+        sys.stderr.write(f"parallax: error: {where}{e.strerror or e}; {fix}\n")
         return 2
     finally:
         if previous is not None:

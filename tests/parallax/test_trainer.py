@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from parallax.checkpoint import load_trainer_state
 from parallax.cli.main import main
 from parallax.errors import TrainingError
 from parallax.recipe import load_recipe
@@ -35,7 +36,8 @@ def test_run_writes_metrics_checkpoints_and_summary(tiny_recipe, tmp_path):
     assert all("val_accuracy" in r and 0 <= r["val_accuracy"] <= 1 for r in evals)
     assert sorted(p.name for p in run.glob("step-*")) == ["step-00000006"]  # keep_last_n=1
     ck = run / "step-00000006"
-    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "config.yaml", "trainer_state.pt"}
+    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "config.yaml",
+                                                "trainer_state.safetensors", "trainer_state.json"}
     from safetensors import safe_open
 
     with safe_open(str(ck / "model.safetensors"), "pt") as f:
@@ -180,7 +182,7 @@ def test_resume_applies_the_recipes_optimizer_options(tiny_recipe, tmp_path, cap
     assert "train.optimizer.lr: the recipe's 0.5" in err and "train.optimizer.betas" in err
     lrs = [r["lr"] for r in metrics(tmp_path / "run") if "loss" in r and r["step"] > 4]
     assert lrs == [pytest.approx(0.5), pytest.approx(0.5)]  # a flat schedule at the new lr
-    state = torch.load(tmp_path / "run" / "step-00000006" / "trainer_state.pt", weights_only=False)
+    state = load_trainer_state(tmp_path / "run" / "step-00000006")
     assert all(tuple(g["betas"]) == (0.8, 0.9) for g in state["optimizer"]["param_groups"])
 
 
@@ -190,7 +192,7 @@ def test_resume_with_another_optimizer_starts_its_state_fresh(tiny_recipe, tmp_p
     assert main(["run", str(tiny_recipe), "train.max_steps=6", "train.resume=auto",
                  "train.optimizer.type=sgd", "train.optimizer.momentum=0.9"]) == 0
     assert "the checkpoint's optimizer is adamw, the recipe's sgd" in capsys.readouterr().err
-    state = torch.load(tmp_path / "run" / "step-00000006" / "trainer_state.pt", weights_only=False)
+    state = load_trainer_state(tmp_path / "run" / "step-00000006")
     assert state["optimizer_type"] == "sgd" and "momentum" in state["optimizer"]["param_groups"][0]
 
 
