@@ -1,5 +1,7 @@
 """The fused step as the custom op ``parallax_kernels::workspace_step``: its registration
 (``torch.library.opcheck``), its fake implementation, and ``torch.compile`` keeping it in one graph.
+Eagerly ``workspace_step_fused`` runs an autograd.Function over the same kernels, so the compiled
+against eager comparisons below set the op against that Function, and both against the reference.
 
 On a machine without CUDA the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py), so
 the shapes are small, and compile uses the ``eager`` and ``aot_eager`` backends, which need no C++
@@ -34,10 +36,13 @@ def inputs(B, T, H, S, dh, dtype=torch.float32, cum_dtype=None, masked=True, see
     return q, k, v, cum, decay, active
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["all-active", "halted"])
-def test_opcheck(masked):
-    """Schema, fake implementation (against the real outputs) and autograd registration."""
-    q, k, v, cum, decay, active = inputs(*SHAPE, masked=masked)
+@pytest.mark.parametrize("masked,dtype,cum_dtype", [(False, torch.float32, None), (True, torch.float32, None),
+                                                     (True, torch.bfloat16, torch.float32)],
+                         ids=["all-active", "halted", "bf16+fp32cum"])
+def test_opcheck(masked, dtype, cum_dtype):
+    """Schema, fake implementation (against the real outputs) and autograd registration; bf16
+    projections beside a float32 cum are what autocast gives."""
+    q, k, v, cum, decay, active = inputs(*SHAPE, dtype=dtype, cum_dtype=cum_dtype, masked=masked)
     torch.library.opcheck(OP, (q, k, v, cum, decay, 2.0, active),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
@@ -93,10 +98,13 @@ def _two_steps(q, k, v, cum, decay, active):
 
 
 def test_compile_has_no_graph_break():
+    """One graph, in which each step is one node: the custom op."""
     torch._dynamo.reset()
     explain = torch._dynamo.explain(_two_steps)(*inputs(*SHAPE))
     assert explain.graph_break_count == 0, explain.break_reasons
     assert explain.graph_count == 1
+    targets = [str(n.target) for n in explain.graphs[0].graph.nodes if n.op == "call_function"]
+    assert targets.count("parallax_kernels.workspace_step") == 2, targets
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
