@@ -2,7 +2,9 @@
 
 Same parameters, options and state dict as ``cws`` (a checkpoint moves freely between them); only
 the step differs: ``parallax_kernels.workspace.fused.workspace_step_fused``, whose parity with the
-reference is tested forward and backward. ``auto`` uses the kernel on CUDA tensors when Triton is
+reference is tested forward and backward. The kernel is the custom op
+``torch.ops.parallax_kernels.workspace_step``, so ``torch.compile`` keeps the step inside its graph
+(no graph break around the Triton launch). ``auto`` uses the kernel on CUDA tensors when Triton is
 installed, and the reference otherwise.
 """
 from __future__ import annotations

@@ -142,39 +142,111 @@ def _active_bytes(active: torch.Tensor | None, like: torch.Tensor) -> torch.Tens
     return active.view(torch.uint8) if active.dtype == torch.bool else active.to(torch.uint8)
 
 
+def _cum_dtype(cum: torch.Tensor, q: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(cum.dtype, q.dtype)  # cum and raw in the wider of the two (autocast: fp32)
+
+
+def _forward(q, k, v, cum, decay, base, active):
+    """Launch the forward kernel: ``out (B,T,H,dh)``, the new ``cum (B,T,H,S)`` and ``raw (B,T,H,S)``."""
+    q, k, v, cum = q.contiguous(), k.contiguous(), v.contiguous(), cum.contiguous()
+    decay = decay.contiguous().float()
+    N, H, S, dh, BS, BH, BD, warps = _launch_shape(q, k)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # (B,T,H,dh)
+    cum_out = torch.empty(cum.shape, device=cum.device, dtype=_cum_dtype(cum, q))  # (B,T,H,S)
+    raw = torch.empty(cum.shape, device=cum.device, dtype=_cum_dtype(cum, q))  # (B,T,H,S)
+    _fwd_kernel[(N,)](q, k, v, cum, decay, _active_bytes(active, q), out, cum_out, raw, S, H, dh,
+                      1.0 / math.sqrt(dh), 1.0 / math.log(base),
+                      HAS_ACTIVE=active is not None, BS=BS, BH=BH, BD=BD, num_warps=warps)
+    return out, cum_out, raw
+
+
+def _backward(q, k, v, cum, decay, base, active, g_out, g_cum):
+    """Launch the backward kernel: the gradients w.r.t. q, k, v, cum and decay, each in its input's
+    dtype, from those w.r.t. out and the new cum (``g_out`` None: zero; ``g_cum`` None: not read)."""
+    q, k, v, cum = q.contiguous(), k.contiguous(), v.contiguous(), cum.contiguous()
+    g_out = torch.zeros_like(q) if g_out is None else g_out.contiguous()
+    decay_f = decay.contiguous().float()
+    N, H, S, dh, BS, BH, BD, warps = _launch_shape(q, k)
+    has_gcum = g_cum is not None
+    g_cum = g_cum.contiguous() if has_gcum else q  # never read when HAS_GCUM is False
+    gq = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # (B,T,H,dh)
+    gk = torch.empty(k.shape, device=q.device, dtype=k.dtype)  # (B,T,S,H,dh)
+    gv = torch.empty(v.shape, device=q.device, dtype=v.dtype)  # (B,T,S,H,dh)
+    gcum0 = torch.empty(cum.shape, device=q.device, dtype=cum.dtype)  # (B,T,H,S)
+    gdec = torch.empty(N, H, device=q.device, dtype=torch.float32)  # (B*T,H) per-position partial sums
+    _bwd_kernel[(N,)](q, k, v, cum, decay_f, _active_bytes(active, q), g_out, g_cum, gq, gk, gv, gcum0, gdec,
+                      S, H, dh, 1.0 / math.sqrt(dh), 1.0 / math.log(base),
+                      HAS_ACTIVE=active is not None, HAS_GCUM=has_gcum, BS=BS, BH=BH, BD=BD, num_warps=warps)
+    return gq, gk, gv, gcum0, gdec.sum(0).to(decay.dtype)
+
+
+# Eager: an autograd.Function, whose dispatch costs the host several times less per call than a
+# custom op's (the K loop calls the step K times per batch, and a small step is bound by the host).
 class _WorkspaceStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cum, decay, base, active):
-        q, k, v, cum = q.contiguous(), k.contiguous(), v.contiguous(), cum.contiguous()
-        decay = decay.contiguous().float()
-        N, H, S, dh, BS, BH, BD, warps = _launch_shape(q, k)
-        out = torch.empty_like(q)
-        new_dtype = torch.promote_types(cum.dtype, q.dtype)
-        cum_out = torch.empty(cum.shape, device=cum.device, dtype=new_dtype)
-        raw = torch.empty(cum.shape, device=cum.device, dtype=new_dtype)
-        act = _active_bytes(active, q)
-        _fwd_kernel[(N,)](q, k, v, cum, decay, act, out, cum_out, raw, S, H, dh,
-                          1.0 / math.sqrt(dh), 1.0 / math.log(base),
-                          HAS_ACTIVE=active is not None, BS=BS, BH=BH, BD=BD, num_warps=warps)
-        ctx.save_for_backward(q, k, v, cum, decay, act)
-        ctx.meta = (base, active is not None, cum.dtype)
-        ctx.mark_non_differentiable(raw)
+        out, cum_out, raw = _forward(q, k, v, cum, decay, base, active)
+        ctx.save_for_backward(q, k, v, cum, decay, active)
+        ctx.base = base
+        ctx.mark_non_differentiable(raw)  # raw: read by the halting rule only
         return out, cum_out, raw
 
     @staticmethod
     def backward(ctx, g_out, g_cum, _g_raw):
-        q, k, v, cum, decay, act = ctx.saved_tensors
-        base, has_active, cum_dtype = ctx.meta
-        N, H, S, dh, BS, BH, BD, warps = _launch_shape(q, k)
-        g_out = torch.zeros_like(q) if g_out is None else g_out.contiguous()
-        g_cum = g_cum.contiguous() if g_cum is not None else q  # never read when HAS_GCUM is False
-        gq, gk, gv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        gcum0 = torch.empty(cum.shape, device=q.device, dtype=cum_dtype)
-        gdec = torch.empty(N, H, device=q.device, dtype=torch.float32)
-        _bwd_kernel[(N,)](q, k, v, cum, decay, act, g_out, g_cum, gq, gk, gv, gcum0, gdec,
-                          S, H, dh, 1.0 / math.sqrt(dh), 1.0 / math.log(base),
-                          HAS_ACTIVE=has_active, HAS_GCUM=g_cum is not q, BS=BS, BH=BH, BD=BD, num_warps=warps)
-        return gq, gk, gv, gcum0, gdec.sum(0), None, None
+        q, k, v, cum, decay, active = ctx.saved_tensors
+        return *_backward(q, k, v, cum, decay, ctx.base, active, g_out, g_cum), None, None
+
+
+# Compiled: the same launches as two custom operators, which ``torch.compile`` keeps in its graph as
+# single nodes (Dynamo cannot trace a Triton launch under the interpreter and would break the graph
+# around it). Each op has a fake implementation that gives its outputs' shapes, dtypes and strides
+# without running anything, and the forward op's autograd formula calls the backward op, so
+# AOTAutograd traces both directions. (``torch.library.triton_op`` would let Inductor see the
+# launches too, but it derives its fake implementation by tracing them, which Triton's interpreter
+# cannot do on the CPU.)
+@torch.library.custom_op("parallax_kernels::workspace_step", mutates_args=())
+def _step_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cum: torch.Tensor, decay: torch.Tensor, base: float,
+    active: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, cum, decay, base, active)
+
+
+@_step_op.register_fake
+def _step_fake(q, k, v, cum, decay, base, active):
+    dtype = _cum_dtype(cum, q)
+    return q.new_empty(q.shape), cum.new_empty(cum.shape, dtype=dtype), cum.new_empty(cum.shape, dtype=dtype)
+
+
+@torch.library.custom_op("parallax_kernels::workspace_step_backward", mutates_args=())
+def _step_backward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cum: torch.Tensor, decay: torch.Tensor, base: float,
+    active: torch.Tensor | None, g_out: torch.Tensor, g_cum: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(q, k, v, cum, decay, base, active, g_out, g_cum)
+
+
+@_step_backward_op.register_fake
+def _step_backward_fake(q, k, v, cum, decay, base, active, g_out, g_cum):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), cum.new_empty(cum.shape), \
+        decay.new_empty(decay.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cum, decay, base, active = inputs
+    ctx.save_for_backward(q, k, v, cum, decay, active)
+    ctx.base = base
+    ctx.mark_non_differentiable(output[2])  # raw: read by the halting rule only
+
+
+def _op_backward(ctx, g_out, g_cum, _g_raw):
+    q, k, v, cum, decay, active = ctx.saved_tensors
+    g_out = torch.zeros_like(q) if g_out is None else g_out
+    grads = torch.ops.parallax_kernels.workspace_step_backward(q, k, v, cum, decay, ctx.base, active, g_out, g_cum)
+    return *grads, None, None
+
+
+_step_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def workspace_step_fused(
@@ -188,6 +260,10 @@ def workspace_step_fused(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``out (B,T,H,dh)``, the new ``cum (B,T,H,S)`` and ``raw (B,T,H,S)``, as the reference.
 
-    ``raw`` carries no gradient (the K loop reads it for halting only).
+    ``raw`` carries no gradient (the K loop reads it for halting only). Under ``torch.compile`` this
+    is the custom op ``torch.ops.parallax_kernels.workspace_step``, which stays in the graph; eagerly
+    it is an autograd.Function over the same two kernels.
     """
+    if torch.compiler.is_compiling():
+        return torch.ops.parallax_kernels.workspace_step(q, k, v, cum, decay, float(base), active)
     return _WorkspaceStep.apply(q, k, v, cum, decay, base, active)
