@@ -26,6 +26,7 @@ from . import checkpoint as ckpt
 from .build import autocast_dtype, build_data, resolve_device, seed_all, tokens_per_example
 from .callbacks import Callback
 from .diagnostics import collect as collect_diagnostics
+from .distributed import all_finite, any_rank
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate
 from .metrics import MetricsFile
@@ -65,13 +66,13 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg)
-        if self.distributed and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # before the process group, so NCCL binds each rank to its own GPU
             local = int(os.environ.get("LOCAL_RANK", "0"))
             self.device = torch.device("cuda", local)
             torch.cuda.set_device(self.device)
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
         self.amp = autocast_dtype(cfg, self.device)
         seed_all(self.recipe.seed)  # identical initial weights on every rank
         if self.is_main and self.lock is None:  # one run per out_dir, before anything there is read or written
@@ -133,7 +134,7 @@ class Trainer:
         with self.autocast():
             out = self.net(inputs)
             loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
-        if not _all_finite(loss, self.distributed):
+        if not all_finite(loss):
             # Nothing is saved: weights that give a non-finite loss, finite or not, are not a state
             # to resume from (resuming them would meet the same batch again). The newest checkpoint
             # predates them, and a resume applies the recipe's new optimizer options.
@@ -216,7 +217,7 @@ class Trainer:
                         window_loss, window_k, window_n, window_t = 0.0, 0.0, 0, time.time()
                     else:
                         bar.update(self.step)
-                    out_of_time = budget is not None and _any_rank(time.time() - start_time > budget, self.distributed)
+                    out_of_time = budget is not None and any_rank(time.time() - start_time > budget)
                     paused = time.time()  # evaluation and saving are not training time: tokens/s leaves them out
                     if self.step % cfg.eval_every == 0 and not out_of_time:
                         last_eval = self._eval()
@@ -278,18 +279,3 @@ def _signals_held():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _all_finite(loss: torch.Tensor, distributed: bool) -> bool:
-    ok = torch.isfinite(loss.detach()).float()  # on the loss's device, as the process group's backend needs
-    if distributed:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
-
-
-def _any_rank(flag: bool, distributed: bool) -> bool:
-    if not distributed:
-        return flag
-    t = torch.tensor(float(flag))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())

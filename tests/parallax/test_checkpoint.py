@@ -350,7 +350,9 @@ def test_save_and_a_trainer_start_clean_up_stale_folders(tiny_recipe, tmp_path):
     from parallax.recipe import load_recipe
     from parallax.trainer import Trainer
 
-    Trainer(load_recipe(str(tiny_recipe), ["train.max_steps=1"]))._setup()
+    trainer = Trainer(load_recipe(str(tiny_recipe), ["train.max_steps=1"]))
+    trainer.setup()
+    trainer.lock.release()
     assert not stale.exists()
 
 
