@@ -65,7 +65,7 @@ def cmd_cp(args, out: Console, err: Console) -> int:
     if not dest.parent.is_dir():
         raise ConfigError(f"{dest.parent}: directory does not exist")
     dest.write_text(_renamed(shipped[name].read_text(encoding="utf-8"), name, dest), encoding="utf-8")
-    out.print(f"copied {name} to {dest} (out_dir: runs/{dest.stem})")
+    out.print(f"copied {name} to {dest} (out_dir: runs/{dest.stem})", highlight=False, soft_wrap=True)
     return 0
 
 
