@@ -91,7 +91,8 @@ class CWSModel(Model):
         )
         halting: Component("halting_rules") = Field(  # type: ignore[valid-type]
             description="when a position stops its K loop")
-        encoder: Component("encoders") = Field(description="raw input -> observations (B,T,d)")  # type: ignore[valid-type]
+        encoder: Component("encoders") = Field(  # type: ignore[valid-type]
+            description="raw input -> observations (B,T,d)")
         experts: list[Component("experts")] = Field(  # type: ignore[valid-type]
             min_length=1, description="the experts that propose into the workspace, each with its slots")
         workspace: Component("workspaces") = Field(description="the K-step inner loop")  # type: ignore[valid-type]

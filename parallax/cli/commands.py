@@ -114,7 +114,8 @@ def cmd_validate(args, out: Console, err: Console) -> int:
     with torch.device("meta"):  # build-time checks (shapes, divisibility) without allocating
         build_model(recipe.model, data.info if read else info)
     note = "" if read else f"; data not read: built for {_described(info)}"
-    out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data{note})", highlight=False, soft_wrap=True)
+    out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data{note})",
+              highlight=False, soft_wrap=True)
     return 0
 
 

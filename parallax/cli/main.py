@@ -130,7 +130,8 @@ def build_parser() -> Parser:
     x.add_argument("--to", required=True, metavar="DIR", help="the folder to write (must be new or empty)")
     x.add_argument("--force", action="store_true", help="replace DIR if it holds files")
     x.add_argument("--push", metavar="REPO", default=None,
-                   help="also upload DIR to this Hugging Face hub repository (needs huggingface_hub, a token, the network)")
+                   help="also upload DIR to this Hugging Face hub repository "
+                        "(needs huggingface_hub, a token and the network)")
 
     sub.add_parser("ls", help="list the built-in recipes")
 

@@ -132,8 +132,8 @@ class TinyStoriesData(parallax.DataSource):
         may learn fewer merges). Local files must exist; nothing is read or downloaded."""
         for f in self.files_list:
             if not Path(f).expanduser().exists():
-                raise parallax.ConfigError(f"data.files: {f} does not exist; give .txt/.jsonl files, or drop data.files "
-                                           f"to stream from the hub")
+                raise parallax.ConfigError(f"data.files: {f} does not exist; give .txt/.jsonl files, "
+                                           f"or drop data.files to stream from the hub")
         vocab = ByteTokenizer.vocab_size if self.cfg.tokenizer == "byte" else self.cfg.vocab_size
         return parallax.DataInfo(vocab_size=vocab)
 

@@ -88,10 +88,11 @@ def test_generate_json_has_each_tokens_k_and_log_probability(text_run, capsys):
 def test_show_k_without_colour_puts_k_after_each_token(text_run, capsys, monkeypatch):
     monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal...
     monkeypatch.setenv("NO_COLOR", "1")  # ...that asks for no colour
-    assert main(["generate", str(text_run), "--prompt", "Once", "--max-new-tokens", "5", "--show-k", "--seed", "1"]) == 0
+    args = ["generate", str(text_run), "--prompt", "Once", "--max-new-tokens", "5", "--seed", "1"]
+    assert main([*args, "--show-k"]) == 0
     out = capsys.readouterr().out
     assert "\x1b[3" not in out
-    assert main(["generate", str(text_run), "--prompt", "Once", "--max-new-tokens", "5", "--json", "--seed", "1"]) == 0
+    assert main([*args, "--json"]) == 0
     tokens = json.loads(capsys.readouterr().out)["tokens"]
     assert out.splitlines()[0] == "Once" + "".join(f"{t['text']}[{t['k']}]" for t in tokens)
 
