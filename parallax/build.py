@@ -31,6 +31,15 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def named_device(name: str, where: str = "--device") -> torch.device:
+    """A command's ``--device`` (cpu, cuda or auto), with a one-line error where CUDA is missing."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{where}: cuda was asked for but no CUDA device is available; use {where} cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """``train.precision`` as an autocast dtype; None runs in float32."""
     if cfg.precision == "fp32":

@@ -62,6 +62,7 @@ class Generation:
     k: list[int | None]  # K spent on the position whose state chose each generated id (None: no K loop)
     seconds: float  # wall time of the generated tokens (the prompt excluded)
     prompt_k: list[int | None] = field(default_factory=list)  # K of each prompt position
+    logprob: list[float] = field(default_factory=list)  # log p(id) of each generated id under the model (temperature 1)
 
     @property
     def tokens_per_s(self) -> float:
@@ -104,15 +105,17 @@ def generate(
     start = time.perf_counter()
     out: list[int] = []
     ks: list[int] = []
+    logprobs: list[float] = []
     for _ in range(max_new_tokens):
         if state is None:
             logits, k = recompute_logits(model, ids)
         nxt = sample(logits, temperature, top_k, gen)  # (1,1)
         out.append(int(nxt))
+        logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[0, out[-1]]))
         ks.append(int(k[0]) if k is not None else None)
         if stop_id is not None and out[-1] == stop_id:
             break
         ids = torch.cat([ids, nxt], dim=1)
         if state is not None and len(out) < max_new_tokens:
             logits, k = state.feed(nxt)
-    return Generation(ids=out, k=ks, seconds=time.perf_counter() - start, prompt_k=prompt_k)
+    return Generation(ids=out, k=ks, seconds=time.perf_counter() - start, prompt_k=prompt_k, logprob=logprobs)

@@ -16,6 +16,7 @@ KINDS = {
     "decoders": "register_decoders",
     "halting_rules": "register_halting_rules",
     "data_sources": "register_data_sources",
+    "loggers": "register_loggers",
 }
 
 
@@ -52,3 +53,8 @@ def register_halting_rules(register):
 @hookspec
 def register_data_sources(register):
     """Register ``DataSource`` subclasses (batches and a fixed validation set)."""
+
+
+@hookspec
+def register_loggers(register):
+    """Register ``Logger`` subclasses (``train.loggers``: where training records and evaluations go)."""

@@ -89,11 +89,14 @@ class CWSModel(Model):
             "that block would be smaller than this fraction of the one being computed, and again as more "
             "halt (0 never gathers: halted positions are only masked)",
         )
-        halting: Component("halting_rules")  # type: ignore[valid-type]
-        encoder: Component("encoders")  # type: ignore[valid-type]
-        experts: list[Component("experts")] = Field(min_length=1)  # type: ignore[valid-type]
-        workspace: Component("workspaces")  # type: ignore[valid-type]
-        decoder: Component("decoders")  # type: ignore[valid-type]
+        halting: Component("halting_rules") = Field(  # type: ignore[valid-type]
+            description="when a position stops its K loop")
+        encoder: Component("encoders") = Field(  # type: ignore[valid-type]
+            description="raw input -> observations (B,T,d)")
+        experts: list[Component("experts")] = Field(  # type: ignore[valid-type]
+            min_length=1, description="the experts that propose into the workspace, each with its slots")
+        workspace: Component("workspaces") = Field(description="the K-step inner loop")  # type: ignore[valid-type]
+        decoder: Component("decoders") = Field(description="settled states -> outputs")  # type: ignore[valid-type]
 
         @model_validator(mode="after")
         def _live_within_k(self):

@@ -256,6 +256,11 @@ class DataSource:
     def info(self) -> DataInfo:
         return DataInfo(vocab_size=self.vocab_size)
 
+    def declared_info(self) -> DataInfo | None:
+        """What ``info`` will be, from the options alone, reading no data (``parallax validate`` uses it
+        offline); None when only the data can tell."""
+        return None
+
     def files(self) -> dict[str, bytes]:
         """File name -> content, saved with the run and with every checkpoint."""
         return {}

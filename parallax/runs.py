@@ -4,7 +4,8 @@
 installed, lets a checkpoint's metadata name the package to install. ``open_run`` turns a run
 directory (``out_dir``) or one of its ``step-XXXXXXXX/`` checkpoints into the recipe the run was
 trained with (the checkpoint's ``config.yaml``), its data source with the files it saved restored
-(the tokenizer), and the model with the checkpoint's weights, in eval mode. ``open_text_run`` is
+(the tokenizer), and the model with the checkpoint's weights, in eval mode; an exported folder
+(``parallax export``) opens the same way, from its config.json. ``open_text_run`` is
 ``open_run`` for commands that need a tokenizer (``generate``, ``bench generate``).
 """
 from __future__ import annotations
@@ -48,6 +49,11 @@ class OpenRun:
     model: torch.nn.Module
     checkpoint: Path
 
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """A text run's tokenizer (None for other data)."""
+        return self.data.tokenizer
+
 
 def find_checkpoint(path: str | Path) -> Path:
     p = Path(path)
@@ -66,7 +72,7 @@ def open_run(path: str | Path, overrides: list[str] | None = None, device: str =
     found = find_checkpoint(path)
     registry = get_registry()
     ckpt.check_plugins(found, registry)
-    recipe = load_recipe(str(found / "config.yaml"), overrides or [], registry)
+    recipe = _saved_recipe(found, overrides or [], registry)
     cls = registry.get("data_sources", recipe.data.type, where="data.type")
     data = cls(recipe.data, recipe.seed, recipe.train.batch_size)
     data.restore(found)
@@ -75,12 +81,22 @@ def open_run(path: str | Path, overrides: list[str] | None = None, device: str =
     return OpenRun(recipe=recipe, data=data, model=model.to(device).eval(), checkpoint=found)
 
 
-def open_text_run(path: str | Path, threads: int = 1) -> tuple[OpenRun, Tokenizer]:
+def _saved_recipe(found: Path, overrides: list[str], registry) -> Recipe:
+    """The recipe a checkpoint (its config.yaml) or an export folder (its config.json) was trained with."""
+    from .export import is_export, saved_recipe
+    from .recipe import apply_overrides, validate
+
+    if is_export(found):
+        return validate(apply_overrides(saved_recipe(found), overrides), registry)
+    return load_recipe(str(found / "config.yaml"), overrides, registry)
+
+
+def open_text_run(path: str | Path, threads: int = 1, device: str = "cpu") -> tuple[OpenRun, Tokenizer]:
     """``open_run`` for a run of text, with torch limited to ``threads`` CPU threads."""
     if threads < 1:
         raise ConfigError("--threads: must be at least 1")
     torch.set_num_threads(threads)
-    run = open_run(path)
+    run = open_run(path, device=device)
     tok = run.data.tokenizer
     if tok is None:
         raise ConfigError(f"{path}: its '{run.recipe.data.type}' data source has no tokenizer; generation needs a "

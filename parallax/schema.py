@@ -48,14 +48,29 @@ def Component(kind: str):  # noqa: N802 - reads like a type in field annotations
     return Annotated[Spec, Kind(kind), BeforeValidator(_unresolved)]
 
 
+def _named(value):
+    """A component given by its name alone (``jsonl``) is ``{type: jsonl}``."""
+    return Unresolved(type=value) if isinstance(value, str) else _unresolved(value)
+
+
+def _listed(value):
+    """One component where a list is expected (``train.loggers=tensorboard``) is a list of one."""
+    return [value] if isinstance(value, (str, dict)) else value
+
+
+def Components(kind: str):  # noqa: N802
+    """A list of components of ``kind``, each a mapping or just its registry name."""
+    return Annotated[list[Annotated[Spec, Kind(kind), BeforeValidator(_named)]], BeforeValidator(_listed)]
+
+
 class OptimizerConfig(Spec):
     """Any ``torch.optim`` optimizer by name; extra keys are passed to its constructor (checked against it)."""
 
     model_config = ConfigDict(extra="allow")
 
     type: str = Field("adamw", description="torch.optim class name, case-insensitive (adamw, sgd, muon...)")
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (after warm-up)")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (AdamW), L2 penalty (SGD...)")
 
 
 class ScheduleConfig(Strict):
@@ -66,31 +81,37 @@ class ScheduleConfig(Strict):
 class TrainConfig(Strict):
     max_steps: int = Field(1000, gt=0, description="optimizer steps")
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget; stops, evaluates and saves")
-    eval_every: int = Field(200, gt=0)
-    log_every: int = Field(10, gt=0)
-    save_every: int = Field(500, gt=0)
+    eval_every: int = Field(200, gt=0, description="steps between validation passes")
+    log_every: int = Field(10, gt=0, description="steps between training records (a plain line when not on a terminal)")
+    save_every: int = Field(500, gt=0, description="steps between checkpoints")
     keep_last_n: int = Field(2, ge=1, description="checkpoints kept in out_dir")
     batch_size: int = Field(32, gt=0, description="per process")
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="torch.optim optimizer and its options")
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="linear warm-up, then cosine decay")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast dtype; auto = bf16 on CUDA when supported, else fp32"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; null keeps torch's default")
     resume: str | bool = Field(False, description="false | auto (latest in out_dir if any) | true (must exist) | PATH")
     progress: bool = Field(True, description="rich progress bar")
     compile: bool = Field(False, description="torch.compile the model")
+    loggers: Components("loggers") = Field(  # type: ignore[valid-type]
+        default_factory=lambda: [Unresolved(type="jsonl")],
+        description="where records go: a list of logger names (jsonl, tensorboard, csv) or {type: NAME, ...} mappings",
+    )
 
 
 class Recipe(Strict):
     """A whole recipe. ``model`` and ``data`` are components chosen by registry name."""
 
-    seed: int = 0
+    seed: int = Field(0, description="seeds the weights, the data order and sampling")
     out_dir: str = Field("runs/default", min_length=1, description="run directory: metrics.jsonl and step-XXXXXXXX/")
-    model: Component("models")  # type: ignore[valid-type]
-    data: Component("data_sources")  # type: ignore[valid-type]
-    train: TrainConfig = TrainConfig()
+    model: Component("models") = Field(  # type: ignore[valid-type]
+        description="the model: type is a registered model, the rest its options")
+    data: Component("data_sources") = Field(  # type: ignore[valid-type]
+        description="the data: type is a registered data source, the rest its options")
+    train: TrainConfig = Field(TrainConfig(), description="the training loop")
     #: (kind, registry name) of every component, filled in by validation
     _components: list[tuple[str, str]] = PrivateAttr(default_factory=list)

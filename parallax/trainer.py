@@ -1,11 +1,12 @@
 """The trainer: one training loop, and its state, for every registered model.
 
 The K-loop contract itself (K-1 frozen steps, ``live_steps`` live) lives in the model; the trainer
-runs the loop around it: a step of autocast, backward, clipping and the optimizer; logging to
-metrics.jsonl; evaluation; checkpoints with resume; a wall-clock budget; DDP (rank 0 logs and saves).
-It runs unchanged under torchrun. What it is built from lives elsewhere: the optimizer and schedule
-in ``optim``, data, device and precision in ``build``, resume and state restoring in ``resume``,
-checkpoint files in ``checkpoint``. Benchmarks and loggers watch it through ``callbacks``.
+runs the loop around it: a step of autocast, backward, clipping and the optimizer; logging through
+``train.loggers`` (metrics.jsonl by default); evaluation; checkpoints with resume; a wall-clock
+budget; DDP (rank 0 logs and saves). It runs unchanged under torchrun. What it is built from lives
+elsewhere: the optimizer and schedule in ``optim``, data, device and precision in ``build``, resume
+and state restoring in ``resume``, checkpoint files in ``checkpoint``, the loggers in ``loggers``.
+Benchmarks and loggers watch it through ``callbacks``.
 """
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ from .diagnostics import collect as collect_diagnostics
 from .distributed import all_finite, any_rank
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate
-from .metrics import MetricsFile
+from .loggers import build_loggers
 from .model import build_model
 from .optim import make_optimizer, make_scheduler
 from .progress import TrainingProgress
 from .recipe import dump_recipe
 from .registry import Registry, get_registry
 from .resume import resolve_resume, restore_state, trainer_state
-from .rundir import RunLock, check_resume_target, set_aside
+from .rundir import RunLock, check_resume_target
 from .schema import Recipe
 
 
@@ -48,13 +49,15 @@ class Trainer:
         self.cfg = recipe.train
         self.out_dir = Path(recipe.out_dir)
         self.console = console or Console(stderr=True)
-        self.callbacks = list(callbacks or [])
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.is_main = self.rank == 0
-        self.metrics = MetricsFile(self.out_dir, enabled=self.is_main)
         self.lock: RunLock | None = None
+        # the loggers of train.loggers (rank 0 writes the logs) come first: a callback reading
+        # metrics.jsonl in on_log finds the record there
+        loggers = build_loggers(self.cfg.loggers, self.registry) if self.is_main else []
+        self.callbacks = [*loggers, *(callbacks or [])]
 
     def _emit(self, event: str, *args) -> None:
         for cb in self.callbacks:
@@ -160,15 +163,6 @@ class Trainer:
         (self.out_dir / "config.yaml").write_text(self.config_yaml)
         for name, content in self.data.files().items():
             (self.out_dir / name).write_bytes(content)
-        if self.resume_from is None:
-            aside = set_aside(self.metrics.path)
-            if aside is not None:
-                self.console.print(f"note: {self.out_dir} held an earlier run's {self.metrics.path.name} and no "
-                                   f"checkpoint; kept it as {aside.name}")
-        torn = self.metrics.trim(self.step)  # records the interrupted run logged past its checkpoint
-        if torn:
-            self.console.print(f"note: dropped {torn} unreadable line{'s' * (torn > 1)} from {self.metrics.path} "
-                               f"(a run stopped while writing it)")
         self.console.print(self._header())
 
     def fit(self) -> dict:
@@ -211,7 +205,6 @@ class Trainer:
                             "lr": self.scheduler.get_last_lr()[0],
                             **collect_diagnostics(self.model),
                         }
-                        self.metrics.append(rec)
                         self._emit("on_log", rec)
                         bar.update(self.step, rec)
                         window_loss, window_k, window_n, window_t = 0.0, 0.0, 0, time.time()
@@ -252,7 +245,6 @@ class Trainer:
     def _eval(self) -> dict:
         result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
         result = {"step": self.step, **result, **collect_diagnostics(self.model)}
-        self.metrics.append(result)
         self._emit("on_eval", result)
         if self.is_main:
             self.console.print("eval " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

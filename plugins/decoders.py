@@ -53,10 +53,10 @@ class Block(nn.Module):
 class MotorDecoder(parallax.MotorDecoder):
     class Config(parallax.Spec):
         type: str = "motor"
-        layers: int = Field(2, ge=1)
+        layers: int = Field(2, ge=1, description="transformer layers over the settled states")
         context: int = Field(16, ge=1, description="settled states each output reads (its receptive field)")
-        heads: int = Field(4, ge=1)
-        mlp_ratio: int = Field(4, ge=1)
+        heads: int = Field(4, ge=1, description="attention heads per layer")
+        mlp_ratio: int = Field(4, ge=1, description="MLP width as a multiple of d_model")
         tie: bool = Field(True, description="tie the LM head to the token encoder's embedding")
 
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):

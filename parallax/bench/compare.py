@@ -204,8 +204,11 @@ def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
             _reset_peak_rss()
             rss0[0] = _rss()[0]
 
-    trainer = Trainer(load_recipe(recipe_ref, overrides), console=Console(stderr=True, soft_wrap=True),
-                      callbacks=[MarkMemory()])
+    recipe = load_recipe(recipe_ref, overrides)
+    if "jsonl" not in [spec.type for spec in recipe.train.loggers]:  # tokens/s is read back from metrics.jsonl
+        loggers = [spec.model_dump() for spec in recipe.train.loggers] + [{"type": "jsonl"}]
+        recipe = load_recipe(recipe_ref, [*overrides, f"train.loggers={json.dumps(loggers)}"])
+    trainer = Trainer(recipe, console=Console(stderr=True, soft_wrap=True), callbacks=[MarkMemory()])
     t0 = time.perf_counter()
     summary = trainer.fit()
     wall = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -63,14 +64,36 @@ def cmd_cp(args, out: Console, err: Console) -> int:
         raise ConfigError(f"{dest}: already exists; pass --force to overwrite")
     if not dest.parent.is_dir():
         raise ConfigError(f"{dest.parent}: directory does not exist")
-    shutil.copyfile(shipped[name], dest)
-    out.print(f"copied {name} to {dest}")
+    dest.write_text(_renamed(shipped[name].read_text(encoding="utf-8"), name, dest), encoding="utf-8")
+    out.print(f"copied {name} to {dest} (out_dir: runs/{dest.stem})", highlight=False, soft_wrap=True)
     return 0
+
+
+def _renamed(text: str, name: str, dest: Path) -> str:
+    """A built-in recipe's text for its copy at ``dest``: out_dir ``runs/<dest's stem>``, and the comments
+    that name the recipe file or its runs naming the copy's, so that the copy's runs do not land in the
+    original's."""
+    found = re.search(r"(?m)^out_dir:\s*(\S+)\s*$", text)
+    new_out = f"runs/{dest.stem}"
+    if found:
+        old_out = found.group(1).strip("'\"")
+        text = text[: found.start()] + f"out_dir: {new_out}" + text[found.end():]
+        text = re.sub(rf"(?<![\w/.-]){re.escape(old_out)}(?![\w.-])", new_out, text)
+    else:
+        text = f"out_dir: {new_out}\n" + text if not text.startswith("#") else re.sub(
+            r"^((?:#.*\n)+)", lambda m: m.group(1) + f"out_dir: {new_out}\n", text, count=1)
+    text = re.sub(rf"(?<![\w/.-])recipes/{re.escape(name)}\.yaml(?![\w.-])", str(dest), text)
+    return re.sub(r"^# parallax run \S+", f"# parallax run {dest}", text, count=1)
 
 
 def cmd_cat(args, out: Console, err: Console) -> int:
     from ..recipe import dump_recipe
 
+    if args.doc:
+        from ..recipe_doc import document, format_docs
+
+        out.out(format_docs(document(load(args))), end="", highlight=False)
+        return 0
     out.out(dump_recipe(load(args)), end="", highlight=False)
     return 0
 
@@ -83,9 +106,16 @@ def cmd_validate(args, out: Console, err: Console) -> int:
     from ..build import build_data
 
     recipe = load(args)
+    data = build_data(recipe, get_registry())
+    # what the options alone say the data is (a text recipe's vocabulary), so that validating
+    # reads no data and needs no network; else the data source reads its data to tell
+    info = data.declared_info()
+    read = info is None
     with torch.device("meta"):  # build-time checks (shapes, divisibility) without allocating
-        build_model(recipe.model, build_data(recipe, get_registry()).info)
-    out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data)")
+        build_model(recipe.model, data.info if read else info)
+    note = "" if read else f"; data not read: built for {_described(info)}"
+    out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data{note})",
+              highlight=False, soft_wrap=True)
     return 0
 
 
@@ -123,18 +153,23 @@ def cmd_new_plugin(args, out: Console, err: Console) -> int:
     return 0
 
 
-def cmd_eval(args, out: Console, err: Console) -> int:
-    import torch
+def _described(info) -> str:
+    fields = {"vocab_size": info.vocab_size, "num_classes": info.num_classes, "input_shape": info.input_shape}
+    return ", ".join(f"{k} {v}" for k, v in fields.items() if v is not None) or "no sizes"
 
+
+def cmd_eval(args, out: Console, err: Console) -> int:
+    from ..build import named_device
     from ..evaluate import evaluate
     from ..runs import open_run
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append("data.files=" + json.dumps(args.data))
-    run = open_run(args.run_dir, overrides)  # a data source without files rejects data.files in one line
+    device = named_device(args.device)
+    run = open_run(args.run_dir, overrides, device=device)  # a data source without files rejects data.files in one line
     result = {"run": str(args.run_dir), "checkpoint": str(run.checkpoint),
-              **evaluate(run.model, run.data, torch.device("cpu"), detailed=True)}
+              **evaluate(run.model, run.data, device, detailed=True)}
     if args.json:
         out.out(json.dumps(result), highlight=False)
         return 0
@@ -160,9 +195,9 @@ def cmd_eval(args, out: Console, err: Console) -> int:
 def cmd_generate(args, out: Console, err: Console) -> int:
     import sys
 
-    from rich.text import Text
-
+    from ..build import named_device
     from ..generate import generate
+    from .kview import render, uses_colour
 
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens: must be at least 1")
@@ -170,24 +205,40 @@ def cmd_generate(args, out: Console, err: Console) -> int:
         raise ConfigError("--top-k: must be at least 1")
     from ..runs import open_text_run
 
-    run, tok = open_text_run(args.run_dir, args.threads)
-    prompt = tok.encode(args.prompt)
-    res = generate(run.model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop_id=tok.eos_id)
+    run, tok = open_text_run(args.run_dir, args.threads, device=named_device(args.device))
     if args.show_k and not run.model.has_k_loop:
         raise ConfigError(f"--show-k: {run.recipe.model.type} models have no K loop; drop --show-k")
-    if args.show_k:
-        k_max = run.model.k_max
-        text = Text(args.prompt)
-        for i, k in zip(res.ids, res.k):
-            frac = (k - 1) / max(k_max - 1, 1)  # blue (few steps) to red (k_max)
-            text.append(tok.decode([i]), style=f"rgb({int(255 * frac)},{int(80 + 60 * (1 - frac))},{int(255 * (1 - frac))})")
-        out.print(text)
-        out.print(f"[dim]colour: K from 1 (blue) to {k_max} (red)[/]")
+    prompt = tok.encode(args.prompt)
+    res = generate(run.model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop_id=tok.eos_id)
+    k_max = run.model.k_max if run.model.has_k_loop else None
+    pieces = [tok.decode([i]) for i in res.ids]
+    if args.json:
+        out.out(json.dumps({
+            "prompt": args.prompt, "prompt_ids": prompt, "text": tok.decode(res.ids), "k_max": k_max,
+            "tokens": [{"id": i, "text": p, "k": k, "logprob": lp}
+                       for i, p, k, lp in zip(res.ids, pieces, res.k, res.logprob)],
+            "k_mean": res.k_mean, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
+        }), highlight=False)
+    elif args.show_k:
+        text, legend = render(args.prompt, pieces, res.k, k_max, uses_colour(out))
+        out.print(text, highlight=False, soft_wrap=True)  # unwrapped: the text is the model's
+        out.print(legend, highlight=False, soft_wrap=True)
     else:
         sys.stdout.write(args.prompt + tok.decode(res.ids) + "\n")
         sys.stdout.flush()
-    k = f", mean K per generated token {res.k_mean:.2f} (k_max {run.model.k_max})" if run.model.has_k_loop else ""
+    k = f", mean K per generated token {res.k_mean:.2f} (k_max {k_max})" if k_max else ""
     err.print(f"{len(res.ids)} tokens in {res.seconds:.2f} s: {res.tokens_per_s:.1f} tokens/s{k}", highlight=False)
+    return 0
+
+
+def cmd_export(args, out: Console, err: Console) -> int:
+    from ..export import export, push
+
+    dest = export(args.run_dir, args.to, force=args.force)
+    files = ", ".join(sorted(p.name for p in dest.iterdir()))
+    out.print(f"exported {args.run_dir} to {dest}: {files}", highlight=False)
+    if args.push:
+        out.print(f"pushed to {push(dest, args.push)}", highlight=False)
     return 0
 
 

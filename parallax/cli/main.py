@@ -1,5 +1,5 @@
-"""``parallax``: run, eval, generate, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin, bench,
-convert-checkpoint.
+"""``parallax``: run, eval, generate, export, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin,
+bench, convert-checkpoint.
 
 User errors (``ParallaxError``) print one line and exit 2; argparse errors do the same and say
 what to use instead. Recipe overrides are positional ``key=value`` and ``~key`` items.
@@ -20,8 +20,12 @@ from rich.console import Console
 from ..errors import ParallaxError
 from ..schema import MAX_THREADS
 
-COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench",
-            "convert-checkpoint"]
+COMMANDS = ["run", "eval", "generate", "export", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin",
+            "bench", "convert-checkpoint"]
+
+#: words users type for a command, from other tools' vocabularies
+ALIASES = {"train": "run", "fit": "run", "evaluate": "eval", "test": "eval", "sample": "generate",
+           "list": "ls", "copy": "cp", "show": "cat", "check": "validate"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,7 +47,7 @@ class Parser(argparse.ArgumentParser):
             message = message.replace(", overrides", "")  # overrides (nargs="*") are optional
         elif "invalid choice" in message and "argument command" in message:
             word = message.split("'")[1] if "'" in message else ""
-            close = difflib.get_close_matches(word, COMMANDS, n=1)
+            close = [ALIASES[word]] if word in ALIASES else difflib.get_close_matches(word, COMMANDS, n=1)
             hint = f"; did you mean `parallax {close[0]}`?" if close else f"; commands: {', '.join(COMMANDS)}"
             message = f"unknown command '{word}'"
         sys.stderr.write(f"{self.prog}: error: {message}{hint}\n")
@@ -107,6 +111,7 @@ def build_parser() -> Parser:
     e.add_argument("overrides", nargs="*", help="key=value changes to the run's recipe (e.g. data.val_sequences=16)")
     e.add_argument("--data", nargs="+", metavar="PATH", help="evaluate on these local files (sets data.files)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="where to evaluate (default cpu)")
 
     g = sub.add_parser("generate", help="continue a prompt with a trained text run, one cached token step at a time")
     g.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
@@ -115,8 +120,20 @@ def build_parser() -> Parser:
     g.add_argument("--temperature", type=_finite(0.0), default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
     g.add_argument("--top-k", type=_count, default=None, help="sample among the k most likely tokens")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    g.add_argument("--show-k", action="store_true", help="colour each generated token by the K it used")
+    g.add_argument("--show-k", action="store_true",
+                   help="show the K each generated token used: its colour on a terminal, else [K] after it")
+    g.add_argument("--json", action="store_true",
+                   help="print one JSON object: the text, and each generated token with its id, K and log-probability")
+    g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="where to generate (default cpu)")
     g.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default 1: one token's small ops run fastest on one)")
+
+    x = sub.add_parser("export", help="write a run as a folder: config.json, model.safetensors, tokenizer, README.md")
+    x.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
+    x.add_argument("--to", required=True, metavar="DIR", help="the folder to write (must be new or empty)")
+    x.add_argument("--force", action="store_true", help="replace DIR if it holds files")
+    x.add_argument("--push", metavar="REPO", default=None,
+                   help="also upload DIR to this Hugging Face hub repository "
+                        "(needs huggingface_hub, a token and the network)")
 
     sub.add_parser("ls", help="list the built-in recipes")
 
@@ -129,6 +146,9 @@ def build_parser() -> Parser:
         s = sub.add_parser(name, help=text)
         s.add_argument("recipe")
         s.add_argument("overrides", nargs="*")
+        if name == "cat":
+            s.add_argument("--doc", action="store_true",
+                           help="every key with its type, value, default, allowed values and description")
 
     for name in ("plugins", "list-plugins"):
         s = sub.add_parser(name, help="list installed plugins and what they provide")

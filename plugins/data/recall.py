@@ -23,8 +23,8 @@ class RecallData(parallax.DataSource):
 
     class Config(parallax.Spec):
         type: str = "recall"
-        n_keys: int = Field(64, ge=2)
-        n_values: int = Field(64, ge=2)
+        n_keys: int = Field(64, ge=2, description="distinct key tokens")
+        n_values: int = Field(64, ge=2, description="distinct value tokens")
         n_pairs: int = Field(8, ge=1, description="key-value bindings per sequence")
         n_queries: int = Field(8, ge=1, description="queried keys per sequence (distinct)")
         val_size: int = Field(512, ge=1, description="held-out sequences")

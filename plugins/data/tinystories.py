@@ -36,8 +36,8 @@ class TinyStoriesData(parallax.DataSource):
         type: str = "tinystories"
         files: str | list[str] | None = Field(None, description="local .txt/.jsonl copies; null streams from the hub")
         dataset: str = Field("roneneldan/TinyStories", description="hub id (or a local data set folder)")
-        split: str = "train"
-        text_field: str = "text"
+        split: str = Field("train", description="the hub split the stories are read from")
+        text_field: str = Field("text", description="the record field that holds a story (.jsonl and the hub)")
         max_stories: int | None = Field(50000, ge=2, description="stories read (the hub streams this many); null reads every file whole")
         val_stories: int = Field(500, ge=1, description="held-out stories (at most a tenth of those read)")
         seq_len: int = Field(128, ge=2, description="tokens per training window")
@@ -126,6 +126,16 @@ class TinyStoriesData(parallax.DataSource):
         if not self._restored:
             self.ids()  # a fresh run reads (or finds cached) its data now, so a bad file fails before training starts
         return parallax.DataInfo(vocab_size=self.tokenizer.vocab_size)
+
+    def declared_info(self) -> parallax.DataInfo:
+        """The vocabulary the options set: 257 bytes, or ``vocab_size`` for a BPE (at most; a small text
+        may learn fewer merges). Local files must exist; nothing is read or downloaded."""
+        for f in self.files_list:
+            if not Path(f).expanduser().exists():
+                raise parallax.ConfigError(f"data.files: {f} does not exist; give .txt/.jsonl files, "
+                                           f"or drop data.files to stream from the hub")
+        vocab = ByteTokenizer.vocab_size if self.cfg.tokenizer == "byte" else self.cfg.vocab_size
+        return parallax.DataInfo(vocab_size=vocab)
 
     def files(self) -> dict[str, bytes]:
         return {TOKENIZER_FILE: self.tokenizer.to_json().encode("utf-8")}

@@ -32,8 +32,8 @@ class AttentionProbe(parallax.Expert):
     class Config(parallax.Spec):
         type: str = "attention_probe"
         slots: int = Field(2, ge=1, description="query sets, one slot each")
-        heads: int = Field(4, ge=1)
-        rope_base: float = Field(10000.0, gt=0)
+        heads: int = Field(4, ge=1, description="attention heads (d_model must divide by it)")
+        rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
         variant: Literal["softmax", "covariance"] = Field(
             "softmax", description="softmax attention, or covariance-corrected attention (mu_v - Cov_w(v, r·k))"
         )

@@ -44,8 +44,8 @@ class MambaSISO(parallax.Expert):
         type: str = "mamba_siso"
         slots: int = Field(4, ge=1, description="readouts of the state, one slot each")
         d_state: int = Field(16, ge=1, description="state size N per channel")
-        dt_min: float = Field(1e-3, gt=0)
-        dt_max: float = Field(1e-1, gt=0)
+        dt_min: float = Field(1e-3, gt=0, description="smallest initial step size Δ (log-uniform init)")
+        dt_max: float = Field(1e-1, gt=0, description="largest initial step size Δ (log-uniform init)")
 
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
         super().__init__()

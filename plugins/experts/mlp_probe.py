@@ -14,8 +14,8 @@ class MLPProbe(parallax.Expert):
 
     class Config(parallax.Spec):
         type: str = "mlp_probe"
-        slots: int = Field(1, ge=1)
-        hidden: int = Field(128, ge=1)
+        slots: int = Field(1, ge=1, description="workspace slots this expert proposes")
+        hidden: int = Field(128, ge=1, description="hidden width of the MLP")
 
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
         super().__init__()

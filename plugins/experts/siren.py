@@ -20,8 +20,8 @@ class Siren(parallax.Expert):
 
     class Config(parallax.Spec):
         type: str = "siren"
-        slots: int = Field(1, ge=1)
-        hidden: int = Field(64, ge=1)
+        slots: int = Field(1, ge=1, description="workspace slots this expert proposes")
+        hidden: int = Field(64, ge=1, description="hidden width of the sine network")
         layers: int = Field(2, ge=1, description="sine layers")
         omega_0: float = Field(30.0, gt=0, description="frequency of the first layer")
 

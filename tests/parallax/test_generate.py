@@ -69,7 +69,49 @@ def test_generate_command_is_reproducible(text_run, capsys):
         assert "tokens/s" in cap.err and "mean K per generated token" in cap.err
     assert outs[0] == outs[1] and outs[0].startswith("Once upon")
     assert main(["generate", str(text_run), "--prompt", "Once", "--max-new-tokens", "4", "--show-k"]) == 0
-    assert "K from 1" in capsys.readouterr().out
+    assert "[K] after each generated token" in capsys.readouterr().out
+
+
+def test_generate_json_has_each_tokens_k_and_log_probability(text_run, capsys):
+    assert main(["generate", str(text_run), "--prompt", "Once upon", "--max-new-tokens", "6", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["prompt"] == "Once upon" and res["k_max"] == 4 and len(res["tokens"]) == 6
+    assert all(1 <= t["k"] <= 4 and t["logprob"] <= 0 for t in res["tokens"])
+    model = open_run(text_run).model
+    greedy = generate(model, res["prompt_ids"], 3, temperature=0)
+    state = IncrementalState(model)
+    for t in res["prompt_ids"]:
+        logits, _ = state.feed(torch.tensor([[t]]))
+    assert greedy.logprob[0] == pytest.approx(torch.log_softmax(logits, -1).max().item(), abs=1e-5)
+
+
+def test_show_k_without_colour_puts_k_after_each_token(text_run, capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal...
+    monkeypatch.setenv("NO_COLOR", "1")  # ...that asks for no colour
+    args = ["generate", str(text_run), "--prompt", "Once", "--max-new-tokens", "5", "--seed", "1"]
+    assert main([*args, "--show-k"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[3" not in out
+    assert main([*args, "--json"]) == 0
+    tokens = json.loads(capsys.readouterr().out)["tokens"]
+    assert out.splitlines()[0] == "Once" + "".join(f"{t['text']}[{t['k']}]" for t in tokens)
+
+
+def test_show_k_colours_and_legend_use_standard_colours(text_run, capsys, monkeypatch):
+    from parallax.cli.kview import bins, colour_of
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("TERM", "xterm")  # a terminal with 8 colours: rich would downgrade a gradient
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("COLORTERM", raising=False)
+    assert main(["generate", str(text_run), "--prompt", "Once", "--max-new-tokens", "5", "--show-k"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[3" in out and "38;2;" not in out and "38;5;" not in out  # standard colours only
+    assert [colour_of(k, 4) for k in (1, 2, 3, 4)] == ["blue", "cyan", "yellow", "red"]
+    assert [colour_of(k, 16) for k in (1, 16)] == ["blue", "red"] and len(bins(16)) == 5
+    legend = out.strip().splitlines()[-1]
+    for code in ("34", "36", "33", "31"):  # blue cyan yellow red, in the legend as in the text
+        assert f"\x1b[{code}m" in legend
 
 
 def test_eval_command_json(text_run, capsys):

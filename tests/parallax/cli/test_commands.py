@@ -16,7 +16,7 @@ def test_ls_lists_builtin_recipes(capsys):
 def test_cp_copies_a_builtin_recipe(tmp_path, capsys):
     assert main(["cp", "recall", str(tmp_path)]) == 0
     text = (tmp_path / "recall.yaml").read_text()
-    assert text.startswith("# parallax run recipes/recall.yaml")
+    assert text.startswith(f"# parallax run {tmp_path / 'recall.yaml'}\n")  # the copy's own path
 
 
 def test_cat_resolves_defaults_and_overrides(tiny_recipe, capsys):

@@ -180,12 +180,12 @@ def test_cp_to_an_empty_destination_is_refused(capsys):
 def test_a_full_disk_outside_a_save_says_to_free_space(capsys, tiny_recipe, monkeypatch):
     import errno
 
-    from parallax.trainer import Trainer
+    from parallax.metrics import MetricsFile
 
     def full(self, record):
         raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
 
-    monkeypatch.setattr(Trainer, "_log", full)
+    monkeypatch.setattr(MetricsFile, "append", full)
     rc, err = run_cli(capsys, "run", str(tiny_recipe))
     lines = [ln for ln in err.splitlines() if ln.startswith("parallax: error:")]
     assert rc == 2 and lines == [err.strip().splitlines()[-1]] and "Traceback" not in err, err
