@@ -284,7 +284,9 @@ def load_model_state(path: str | Path, model: torch.nn.Module) -> None:
             raise CheckpointError(f"{path}: is a run directory, not a checkpoint; name one of its step folders, "
                                   f"such as {newest}")
         raise CheckpointError(f"{path}: no model.safetensors; not a checkpoint directory (expected step-XXXXXXXX/)")
-    check_intact(path)
+    exported = (Path(path) / "config.json").is_file() and not (Path(path) / "config.yaml").is_file()
+    if not exported:  # an export folder (parallax export) holds weights only, by design
+        check_intact(path)
     try:
         state = load_file(str(f))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
