@@ -1,5 +1,9 @@
 """Validation: loss, perplexity or accuracy, mean K overall and per token kind, and (``detailed``)
-the histogram of K and mean K per surprisal quantile.
+the histogram of K, mean K per surprisal quantile and ``by_kind``, accuracy and mean K per kind.
+
+For text, ``val_bpb`` is bits per byte: the validation targets' total negative log-likelihood in
+bits over the UTF-8 bytes they stand for (``DataSource.val_bytes()``), a loss that compares across
+tokenizers, since a token of a larger vocabulary stands for more bytes.
 
 The surprisal diagnostic asks whether K allocation follows difficulty: every scored target's
 surprisal -log p(target) is paired with the K its position used (for a classifier, whose logits
@@ -48,6 +52,7 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
     loss_sum = correct = count = 0.0
     k_sum: dict[str, float] = {}
     k_cnt: dict[str, float] = {}
+    kind_hits: dict[str, list[float]] = {}  # name -> [positions, scored targets, correct]
     surprisals, target_ks, all_ks = [], [], []
     for batch in data.val_batches():
         inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
@@ -56,8 +61,17 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
         logits = out.logits.float()
         mask = targets != -100
         loss_sum += F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100, reduction="sum").item()
-        correct += (logits.argmax(-1)[mask] == targets[mask]).sum().item()
+        hit = logits.argmax(-1) == targets  # (B,T) or (B,)
+        correct += hit[mask].sum().item()
         count += mask.sum().item()
+        if batch.get("kind") is not None and batch["kind"].shape == targets.shape:
+            kinds = batch["kind"].to(device)
+            for code, name in data.kind_names.items():
+                m = kinds == code
+                acc = kind_hits.setdefault(name, [0.0, 0.0, 0.0])
+                acc[0] += m.sum().item()
+                acc[1] += (m & mask).sum().item()
+                acc[2] += (hit & m & mask).sum().item()
         if model.has_k_loop:
             kinds = batch.get("kind")
             groups = {"all": torch.ones_like(out.k, dtype=torch.bool)}
@@ -79,12 +93,27 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
         result["val_accuracy"] = correct / max(count, 1)
     else:
         result["val_perplexity"] = math.exp(min(result["val_loss"], 700.0))
+        n_bytes = data.val_bytes()
+        if n_bytes:
+            result["val_bpb"] = loss_sum / math.log(2) / n_bytes  # nats summed over targets -> bits per byte
     for name in k_sum:
+        if k_cnt[name] == 0:  # a kind absent from this validation set (e.g. hop counts it does not ask)
+            continue
         key = "val_k_mean" if name == "all" else f"val_k_mean_{name}"
-        result[key] = k_sum[name] / max(k_cnt[name], 1)
+        result[key] = k_sum[name] / k_cnt[name]
+    by_kind = {}
+    for name, (positions, scored, hits) in kind_hits.items():
+        if positions == 0:
+            continue
+        by_kind[name] = {"accuracy": hits / scored if scored else None,
+                         "k_mean": k_sum[name] / k_cnt[name] if k_cnt.get(name) else None, "n": int(positions)}
+        if data.has_accuracy and scored:
+            result[f"val_accuracy_{name}"] = hits / scored
     if detailed and all_ks:
         ks = torch.cat(all_ks)
         values, counts = ks.unique(return_counts=True)
         result["k_histogram"] = {int(v): int(c) for v, c in zip(values, counts)}
         result["k_by_surprisal_quantile"] = surprisal_quantiles(torch.cat(surprisals), torch.cat(target_ks))
+    if detailed and by_kind:
+        result["by_kind"] = by_kind
     return result

@@ -273,3 +273,8 @@ class DataSource:
 
     def val_batches(self, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def val_bytes(self) -> int | None:
+        """For text: the UTF-8 bytes that the validation targets stand for (evaluation reports bits
+        per byte, ``val_bpb``, over them); None when the data is not text."""
+        return None

@@ -13,8 +13,9 @@ Reported for each recipe:
 - ``tokens_per_s``: training input tokens per second over the logged windows (setup and the final
   evaluation excluded), and ``tokens_per_s_median``, the median window (robust to a stall when
   another job takes the cores for a while);
-- the final evaluation: ``val_loss`` and ``val_accuracy`` or ``val_perplexity``, and ``val_k_mean``
-  for a model with a K loop (K budget ``k_max`` at evaluation);
+- the final evaluation: ``val_loss`` and ``val_accuracy`` or ``val_perplexity`` (and, for text,
+  ``val_bpb``, bits per byte, which compare across tokenizers), and ``val_k_mean`` for a model with a
+  K loop (K budget ``k_max`` at evaluation);
 - ``peak_bytes``, measured from the moment the data and the model are built to the end of training:
   on CUDA, the peak allocated memory (``memory: cuda_peak_allocated``, weights included); on CPU,
   the growth of the process's peak resident set (``memory: cpu_peak_rss_growth``: optimizer state,
@@ -225,7 +226,7 @@ def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
         "steps": summary["step"], "stop": summary["stop"], "train_seconds": summary["train_seconds"],
         "wall_seconds": round(wall, 1),
         **dict(zip(("tokens_per_s", "tokens_per_s_median"), tokens_per_s(trainer.out_dir / "metrics.jsonl"))),
-        **{k: summary[k] for k in ("val_loss", "val_accuracy", "val_perplexity", "val_k_mean") if k in summary},
+        **{k: summary[k] for k in ("val_loss", "val_accuracy", "val_perplexity", "val_bpb", "val_k_mean") if k in summary},
         "memory": memory, "peak_bytes": peak, "saved_bytes": saved, "device": str(trainer.device),
     }
     result.write_text(json.dumps(row))
@@ -362,7 +363,7 @@ def run(args, out, err) -> int:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
     memory = result["runs"][0]["memory"]
-    table = Table("recipe", "model", "params", "non-emb", "steps", "tok/s", "val loss", "acc/ppl", "K",
+    table = Table("recipe", "model", "params", "non-emb", "steps", "tok/s", "val loss", "acc/ppl", "bpb", "K",
                   "peak" if memory == "cuda_peak_allocated" else "RSS+", "saved",
                   title=f"bench compare on {result['device']}, budget {_budget(result['budget'])}")
     def early(r):  # under a time budget, a run may reach its recipe's max_steps first
@@ -375,7 +376,7 @@ def run(args, out, err) -> int:
         table.add_row(
             Path(r["recipe"]).stem, r["model"] + width, _si(r["params"]), _si(r["non_embedding"]), f"{r['steps']}{early(r)}",
             f"{_si(r['tokens_per_s'])} ({_si(r['tokens_per_s_median'])})" if r.get("tokens_per_s") else "-", f"{r['val_loss']:.4f}", metric,
-            f"{r['val_k_mean']:.2f}" if "val_k_mean" in r else "-",
+            f"{r['val_bpb']:.4f}" if "val_bpb" in r else "-", f"{r['val_k_mean']:.2f}" if "val_k_mean" in r else "-",
             f"{r['peak_bytes'] / 2**20:.0f}M" if r["peak_bytes"] is not None else "n/a", f"{r['saved_bytes'] / 2**20:.1f}M",
         )
     widen(out)
@@ -385,7 +386,7 @@ def run(args, out, err) -> int:
     if any(early(r) for r in result["runs"]):
         out.print("* reached the recipe's train.max_steps (which also sets the LR schedule) before the time budget", highlight=False)
     out.print(f"{peak}; saved: bytes autograd keeps for one training step at the full K budget; tok/s: training "
-              f"tokens per second over the run (median logged window), setup and final evaluation excluded; K: mean K at evaluation; M = MiB", highlight=False)
+              f"tokens per second over the run (median logged window), setup and final evaluation excluded; bpb: validation bits per byte (text); K: mean K at evaluation; M = MiB", highlight=False)
     return 0
 
 

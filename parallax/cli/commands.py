@@ -175,8 +175,15 @@ def cmd_eval(args, out: Console, err: Console) -> int:
         return 0
     metric = (f"accuracy {result['val_accuracy']:.4f}" if "val_accuracy" in result
               else f"perplexity {result['val_perplexity']:.3f}")
+    metric += f"  bits/byte {result['val_bpb']:.4f}" if "val_bpb" in result else ""
     k = f"  mean K {result['val_k_mean']:.2f}" if result.get("val_k_mean") is not None else ""  # models without a K loop
     out.print(f"{run.checkpoint}: val_loss {result['val_loss']:.4f}  {metric}{k}")
+    if result.get("by_kind"):
+        table = Table("kind", "positions", "accuracy", "mean K", title="per kind")
+        for name, r in result["by_kind"].items():
+            table.add_row(name, str(r["n"]), "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}",
+                          "-" if r["k_mean"] is None else f"{r['k_mean']:.2f}")
+        out.print(table)
     hist = result.get("k_histogram", {})
     if hist:
         total = sum(hist.values())

@@ -3,8 +3,13 @@
 Shapes: B batch, T positions, d = n_embd, V vocabulary, H = n_head query heads, G = n_kv_heads
 key/value heads, hd = d // H per-head width.
 
-tokens (B,T) -> embedding (B,T,d) -> n_layer pre-norm blocks (GQA attention with RoPE, SwiGLU MLP)
--> RMSNorm -> head (B,T,V), the head sharing the embedding table when ``tie`` is set.
+tokens (B,T) -> embedding (B,T,d) [-> token shift] -> n_layer pre-norm blocks (GQA attention with
+RoPE, SwiGLU MLP) -> RMSNorm -> head (B,T,V), the head sharing the embedding table when ``tie`` is set.
+
+``window: w > 1`` adds a short causal observation window over the embeddings,
+x_t = e_t + sum_{j=1..w-1} W_j e_{t-j}: the token shift of H3/Based (a short causal convolution,
+here with full d x d taps), and the same window the CWS's ``token`` encoder gives it
+(``encoder.window: 3``), so that the two inductive biases can be compared apart. Off (1) by default.
 
 A recipe may replace the embedding with any encoder plugin and the head with any decoder plugin
 (``encoder: {type: image, patch: 4}``, ``decoder: {type: classifier}``): the components the CWS
@@ -79,6 +84,33 @@ class Attention(nn.Module):
         return self.wo(y), (k, v)
 
 
+class TokenShift(nn.Module):
+    """A causal window over the last ``window`` embeddings: (B,T,d) -> (B,T,d),
+    x_t = e_t + sum_{j=1..window-1} W_j e_{t-j}, zero before the first position.
+
+    ``step(e_t (B,1,d), past)`` is the incremental twin: ``past`` holds the last window-1
+    embeddings, newest first (None to start), and the result equals ``forward`` at that position."""
+
+    def __init__(self, n_embd: int, window: int):
+        super().__init__()
+        self.window = window
+        self.taps = nn.ModuleList(nn.Linear(n_embd, n_embd, bias=False) for _ in range(window - 1))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = e
+        for j, tap in enumerate(self.taps, 1):
+            x = x + tap(F.pad(e, (0, 0, j, 0))[:, : e.shape[1]])  # W_j e_{t-j}: (B,T,d), shifted right by j
+        return x
+
+    def step(self, e_t: torch.Tensor, past: list | None) -> tuple[torch.Tensor, list]:
+        past = list(past or [])
+        past += [torch.zeros_like(e_t)] * (self.window - 1 - len(past))
+        x = e_t
+        for tap, e_prev in zip(self.taps, past):
+            x = x + tap(e_prev)  # (B,1,d)
+        return x, ([e_t] + past)[: self.window - 1]
+
+
 class SwiGLU(nn.Module):
     """``W3(SiLU(W1 x) * W2 x)``: (B,T,d) -> (B,T,d) through a gated hidden layer of width ``hidden``."""
 
@@ -129,6 +161,8 @@ class TransformerOptions(Spec):
     attention: Literal["softmax", "covariance"] = Field(
         "softmax", description="softmax attention, or seed 004's covariance-corrected attention (mu_v - Cov_w(v, r·k))")
     block: int = Field(64, ge=1, description="key block of the streaming covariance attention")
+    window: int = Field(1, ge=1, description="observation window over the embeddings: the token plus window-1 previous "
+                        "ones through a token shift (3 gives the CWS encoder's window); 1: off")
     encoder: Component("encoders") | None = Field(  # type: ignore[valid-type]
         None, description="an encoder plugin in place of the token embedding, e.g. {type: image, patch: 4}")
     decoder: Component("decoders") | None = Field(  # type: ignore[valid-type]
@@ -164,6 +198,7 @@ def build_io(model: nn.Module, cfg: TransformerOptions, info: DataInfo, registry
     d = cfg.n_embd
     model.encoder = build_component("encoders", cfg.encoder, d, info, registry) if cfg.encoder else None
     model.tok = None if model.encoder is not None else nn.Embedding(require_vocab(info, name), d)
+    model.shift = TokenShift(d, cfg.window) if cfg.window > 1 else None
     model.decoder = build_component("decoders", cfg.decoder, d, info, registry) if cfg.decoder else None
     if model.decoder is not None:
         model.head = None
@@ -174,8 +209,9 @@ def build_io(model: nn.Module, cfg: TransformerOptions, info: DataInfo, registry
 
 
 def embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """inputs -> x (B,T,d), through the encoder plugin or the token table."""
-    return model.tok(inputs) if model.encoder is None else model.encoder(inputs)
+    """inputs -> x (B,T,d), through the encoder plugin or the token table, then the token shift."""
+    x = model.tok(inputs) if model.encoder is None else model.encoder(inputs)  # (B,T,d)
+    return x if model.shift is None else model.shift(x)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -203,10 +239,12 @@ def head_logits(model: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class KVCache:
-    """Per-layer (k, v), each (B,G,T_seen,hd), and the number of positions seen."""
+    """Per-layer (k, v), each (B,G,T_seen,hd), the number of positions seen, and the token shift's
+    last window-1 embeddings (newest first)."""
 
     layers: list = field(default_factory=list)
     pos: int = 0
+    shift: list | None = None
 
 
 class Transformer(Model):
@@ -257,11 +295,14 @@ class Transformer(Model):
         cache = cache or KVCache(layers=[None] * len(self.blocks))
         cos, sin = self._rope(cache.pos, 1, tokens_t.device)
         x = self.tok(tokens_t)  # (B,1,d)
+        shift = None
+        if self.shift is not None:
+            x, shift = self.shift.step(x, cache.shift)  # (B,1,d)
         layers = []
         for blk, past in zip(self.blocks, cache.layers):
             x, kv = blk(x, cos, sin, past)  # (B,1,d)
             layers.append(kv)
-        return self.logits(self.norm(x)), KVCache(layers=layers, pos=cache.pos + 1)  # (B,1,V)
+        return self.logits(self.norm(x)), KVCache(layers=layers, pos=cache.pos + 1, shift=shift)  # (B,1,V)
 
     def decode_step(self, tokens_t: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, None, KVCache]:
         """The ``Model`` protocol's generation step: ``step``, with no K loop."""

@@ -9,7 +9,15 @@ checkpoint, so evaluation and generation need no data, and the model's vocabular
 
 A training batch is ``batch_size`` windows of ``seq_len + 1`` ids at offsets drawn by a generator
 seeded from (seed, step, rank); the validation set is the first ``val_sequences`` non-overlapping
-windows of the held-out stories (the last ``val_stories`` of those read).
+windows (every window, when null) of the held-out stories: the last ``val_stories`` of those read,
+or, with ``val_fraction``, the last fraction of each file's stories (of the stream's, from the hub),
+a split fixed by the files alone. ``val_bytes`` counts the UTF-8 bytes of the validation targets,
+so evaluation reports bits per byte.
+
+Real TinyStories text, split 90/10 by story (the command each text recipe takes)::
+
+    parallax run recipes/tinystories.yaml data.val_fraction=0.1 \
+      'data.files=[../shared/data/tinystories/tinystories_v1_train_head.txt,../shared/data/tinystories/tinystories_v2_gpt4_train_head.txt]'
 """
 from __future__ import annotations
 
@@ -40,8 +48,10 @@ class TinyStoriesData(parallax.DataSource):
         text_field: str = Field("text", description="the record field that holds a story (.jsonl and the hub)")
         max_stories: int | None = Field(50000, ge=2, description="stories read (the hub streams this many); null reads every file whole")
         val_stories: int = Field(500, ge=1, description="held-out stories (at most a tenth of those read)")
+        val_fraction: float | None = Field(
+            None, gt=0, lt=1, description="held out: the last fraction of each file's stories (e.g. 0.1); replaces val_stories")
         seq_len: int = Field(128, ge=2, description="tokens per training window")
-        val_sequences: int = Field(64, ge=1, description="validation windows")
+        val_sequences: int | None = Field(64, ge=1, description="validation windows; null: every window of the held-out stories")
         tokenizer: Literal["byte", "bpe"] = Field("bpe", description="byte: UTF-8 bytes (257 ids); bpe: trained on the training stories")
         vocab_size: int = Field(4096, ge=258, description="BPE vocabulary size (bpe only)")
         cache_dir: str | None = Field(None, description="tokenized-data cache; null: $PARALLAX_CACHE_DIR or ~/.cache/parallax")
@@ -60,20 +70,38 @@ class TinyStoriesData(parallax.DataSource):
     def _data_key(self) -> list:
         c = self.cfg
         source = token_cache.file_identity(self.files_list) if self.files_list else [c.dataset, c.split]
-        return [source, c.text_field, c.max_stories, c.val_stories]
+        split = [c.val_stories] if c.val_fraction is None else [{"val_fraction": c.val_fraction}]
+        return [source, c.text_field, c.max_stories, *split]
 
     def _read_stories(self) -> tuple[list[str], list[str]]:
         """(train stories, validation stories), read once."""
         if self._stories is None:
             c = self.cfg
             if self.files_list:
-                stories = read_files(self.files_list, c.text_field, c.max_stories)
+                parts = [read_files([f], c.text_field, None) for f in self.files_list]
+                if c.max_stories:  # the first max_stories stories, file by file
+                    left, kept = c.max_stories, []
+                    for p in parts:
+                        kept.append(p[:left])
+                        left -= len(kept[-1])
+                    parts = [p for p in kept if p]
             else:
-                stories = list(stream_hub(c.dataset, c.split, c.text_field, c.max_stories or 50000))
-            if len(stories) < 2:
-                raise parallax.ConfigError(f"data.files: {len(stories)} story read; need at least 2 (one to train on, one to validate)")
-            n_val = max(1, min(c.val_stories, len(stories) // 10))
-            self._stories = (stories[:-n_val], stories[-n_val:])
+                parts = [list(stream_hub(c.dataset, c.split, c.text_field, c.max_stories or 50000))]
+            if sum(map(len, parts)) < 2:
+                raise parallax.ConfigError(f"data.files: {sum(map(len, parts))} story read; need at least 2 "
+                                           f"(one to train on, one to validate)")
+            if c.val_fraction is None:
+                stories = [s for p in parts for s in p]
+                n_val = max(1, min(c.val_stories, len(stories) // 10))
+                self._stories = (stories[:-n_val], stories[-n_val:])
+            else:
+                # each file's last stories: held out, at least one of each file of two or more stories
+                cut = [len(p) - (min(max(round(c.val_fraction * len(p)), 1), len(p) - 1) if len(p) > 1 else 0)
+                       for p in parts]
+                train = [s for p, i in zip(parts, cut) for s in p[:i]]
+                self._stories = (train, [s for p, i in zip(parts, cut) for s in p[i:]])
+                if not self._stories[1]:
+                    raise parallax.ConfigError("data.val_fraction: no story held out; give files of at least 2 stories")
         return self._stories
 
     @property
@@ -159,10 +187,15 @@ class TinyStoriesData(parallax.DataSource):
         win = torch.from_numpy(np.stack([train[s : s + L + 1] for s in starts]).astype(np.int64))  # (B,L+1)
         return {"inputs": win[:, :-1], "targets": win[:, 1:]}
 
+    def val_bytes(self) -> int:
+        """UTF-8 bytes that the validation targets stand for (each story separator counts one)."""
+        lengths = np.asarray(self.tokenizer.byte_lengths(), dtype=np.int64)  # (V,)
+        return int(sum(lengths[b["targets"].numpy()].sum() for b in self.val_batches()))
+
     def val_batches(self, batch_size: int | None = None):
         val = self.ids()["val"]
         L = min(self.cfg.seq_len, len(val) - 1)
-        n = min(self.cfg.val_sequences, (len(val) - 1) // L)
+        n = min(self.cfg.val_sequences or len(val), (len(val) - 1) // L)
         win = torch.from_numpy(np.stack([val[i * L : i * L + L + 1] for i in range(n)]).astype(np.int64))  # (n,L+1)
         bs = batch_size or self.batch_size
         for i in range(0, n, bs):

@@ -4,6 +4,8 @@ trained on the training text with the Hugging Face ``tokenizers`` library).
 Both map every string to ids and back exactly: ``decode(encode(s)) == s``, for any Unicode text.
 Both know one special token, ``<|endoftext|>``, which separates stories. Both serialise to one
 JSON document (``to_json``/``tokenizer_from_json``): the run keeps it as ``tokenizer.json``.
+``byte_lengths()`` gives the UTF-8 bytes each id stands for (bits per byte are measured over them);
+the ``<|endoftext|>`` separator counts as one byte, the line break between two stories.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ class ByteTokenizer(parallax.Tokenizer):
                 run.append(i)
         return "".join(out) + run.decode("utf-8", errors="replace")
 
+    def byte_lengths(self) -> list[int]:
+        return [1] * self.vocab_size  # 256 bytes, and the separator as one
+
     def to_json(self) -> str:
         return json.dumps({"parallax_tokenizer": "byte", "vocab_size": self.vocab_size})
 
@@ -72,6 +77,13 @@ class BPETokenizer(parallax.Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def byte_lengths(self) -> list[int]:
+        # a byte-level token is written in an alphabet of one character per byte (GPT-2's byte-to-unicode map)
+        lengths = [0] * self.vocab_size
+        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
+            lengths[i] = 1 if token == EOS else len(token)
+        return lengths
 
     def to_json(self) -> str:
         return self.tok.to_str()

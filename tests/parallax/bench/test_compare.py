@@ -63,7 +63,7 @@ def test_table_names_every_column_and_what_memory_means(monkeypatch, pair, capsy
            "train_seconds": 1.0, "tokens_per_s": 12345.0, "tokens_per_s_median": 23456.0, "val_loss": 0.5,
            "val_accuracy": 0.875, "memory": "cpu_peak_rss_growth", "peak_bytes": 3 * 2**20, "saved_bytes": 2**20}
     fake = {"device": "cpu", "budget": {"minutes": 5.0}, "overrides": [], "seed": 0, "runs": [
-        {"recipe": str(pair[0]), "model": "cws", **row, "val_k_mean": 7.25},
+        {"recipe": str(pair[0]), "model": "cws", **row, "val_k_mean": 7.25, "val_bpb": 1.2345},
         {"recipe": str(pair[1]), "model": "transformer", "matched": {"key": "model.n_embd", "width": 128}, **row}]}
     fake["runs"][0]["stop"] = "max_minutes"  # the transformer reached max_steps first: marked with *
     monkeypatch.setattr(compare, "measure", lambda *a, **k: fake)
@@ -71,7 +71,7 @@ def test_table_names_every_column_and_what_memory_means(monkeypatch, pair, capsy
     text = capsys.readouterr().out
     assert text.count("10*") == 1
     for needle in ("reached the recipe's train.max_steps", "budget 5.0 min", "195.6k", "187.4k", "12.3k (23.5k)", "87.5%",
-                   "7.25", "transformer n_embd=128", "RSS+", "3M", "growth of the peak resident set"):
+                   "7.25", "transformer n_embd=128", "RSS+", "3M", "growth of the peak resident set", "1.2345", "bits per byte"):
         assert needle in text, needle
 
 

@@ -176,3 +176,20 @@ def test_a_damaged_cached_tokenizer_says_to_delete_it(tmp_path):
     cached.write_text("{not json")
     with pytest.raises(ts.parallax.CheckpointError, match="delete this cached file"):
         make(tmp_path, [f], tokenizer="bpe", vocab_size=300).tokenizer
+
+
+def test_val_fraction_holds_out_the_last_stories_of_each_file(tmp_path):
+    a, b = write_txt(tmp_path / "a.txt", 30), tmp_path / "b.txt"
+    b.write_text("\n<|endoftext|>\n".join(f"Story {i} of the second file." for i in range(20)), encoding="utf-8")
+    data = make(tmp_path, [a, b], val_fraction=0.1)
+    train, val = data._read_stories()
+    assert val == stories(30)[-3:] + [f"Story {i} of the second file." for i in (18, 19)]
+    assert train == stories(30)[:-3] + [f"Story {i} of the second file." for i in range(18)]
+    assert not set(train) & set(val[-2:])
+    again = make(tmp_path, [a, b], val_fraction=0.1, max_stories=40)  # the first 40 stories: 30 + 10
+    assert again._read_stories()[1] == stories(30)[-3:] + ["Story 9 of the second file."]
+    last = [f"Story {i} of the second file." for i in range(15, 20)]
+    assert make(tmp_path, [a, b])._read_stories()[1] == last  # without it: the last val_stories, capped at a tenth
+    whole = make(tmp_path, [a, b], val_fraction=0.1, val_sequences=None)
+    n = sum(len(v["targets"]) for v in whole.val_batches())
+    assert n == (len(whole.ids()["val"]) - 1) // 8 > 3  # every window of the held-out stories
