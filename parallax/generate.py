@@ -13,6 +13,7 @@ over the whole prefix, keeping the last position.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 import torch
 
@@ -63,6 +64,7 @@ class Generation:
     seconds: float  # wall time of the generated tokens (the prompt excluded)
     prompt_k: list[int | None] = field(default_factory=list)  # K of each prompt position
     logprob: list[float] = field(default_factory=list)  # log p(id) of each generated id under the model (temperature 1)
+    interrupted: bool = False  # Ctrl-C cut generation short; ``ids`` holds what came before
 
     @property
     def tokens_per_s(self) -> float:
@@ -83,11 +85,13 @@ def generate(
     seed: int = 0,
     stop_id: int | None = None,
     cached: bool = True,
+    on_token: Callable[[int, int | None], None] | None = None,
 ) -> Generation:
     """Continue ``prompt`` by up to ``max_new_tokens`` ids (stopping after ``stop_id``).
 
     ``cached=False`` recomputes the whole prefix for every token instead (the reference, and the
-    baseline of ``parallax bench generate``).
+    baseline of ``parallax bench generate``). ``on_token(id, k)`` is called as each id is chosen, so a
+    caller can stream them. Ctrl-C stops generation: what was generated comes back, with ``interrupted``.
     """
     if not prompt:
         raise ConfigError("--prompt: the prompt is empty; give at least one character")
@@ -106,16 +110,24 @@ def generate(
     out: list[int] = []
     ks: list[int] = []
     logprobs: list[float] = []
-    for _ in range(max_new_tokens):
-        if state is None:
-            logits, k = recompute_logits(model, ids)
-        nxt = sample(logits, temperature, top_k, gen)  # (1,1)
-        out.append(int(nxt))
-        logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[0, out[-1]]))
-        ks.append(int(k[0]) if k is not None else None)
-        if stop_id is not None and out[-1] == stop_id:
-            break
-        ids = torch.cat([ids, nxt], dim=1)
-        if state is not None and len(out) < max_new_tokens:
-            logits, k = state.feed(nxt)
-    return Generation(ids=out, k=ks, seconds=time.perf_counter() - start, prompt_k=prompt_k, logprob=logprobs)
+    interrupted = False
+    try:
+        for _ in range(max_new_tokens):
+            if state is None:
+                logits, k = recompute_logits(model, ids)
+            nxt = sample(logits, temperature, top_k, gen)  # (1,1)
+            logprob = float(torch.log_softmax(logits.float(), dim=-1)[0, int(nxt)])
+            out.append(int(nxt))
+            logprobs.append(logprob)
+            ks.append(int(k[0]) if k is not None else None)
+            if on_token is not None:
+                on_token(out[-1], ks[-1])
+            if stop_id is not None and out[-1] == stop_id:
+                break
+            ids = torch.cat([ids, nxt], dim=1)
+            if state is not None and len(out) < max_new_tokens:
+                logits, k = state.feed(nxt)
+    except KeyboardInterrupt:  # keep what was generated; the caller says it was cut short
+        interrupted = True
+    return Generation(ids=out, k=ks, seconds=time.perf_counter() - start, prompt_k=prompt_k, logprob=logprobs,
+                      interrupted=interrupted)

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConfigError, PluginError
+from ..errors import ConfigError, Interrupted, PluginError
 
 
 def dispatch(args, out: Console, err: Console) -> int:
@@ -216,7 +216,22 @@ def cmd_generate(args, out: Console, err: Console) -> int:
     if args.show_k and not run.model.has_k_loop:
         raise ConfigError(f"--show-k: {run.recipe.model.type} models have no K loop; drop --show-k")
     prompt = tok.encode(args.prompt)
-    res = generate(run.model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop_id=tok.eos_id)
+    stream = not (args.json or args.show_k)
+    pending: list[int] = []
+
+    def show(token_id: int, k) -> None:  # plain text streams as it comes: an interrupt keeps what was shown
+        pending.append(token_id)
+        piece = tok.decode(pending)
+        if not piece.endswith("\ufffd"):  # a character split across byte-level tokens waits for its rest
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            pending.clear()
+
+    if stream:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    res = generate(run.model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop_id=tok.eos_id,
+                   on_token=show if stream else None)
     k_max = run.model.k_max if run.model.has_k_loop else None
     pieces = [tok.decode([i]) for i in res.ids]
     if args.json:
@@ -225,16 +240,19 @@ def cmd_generate(args, out: Console, err: Console) -> int:
             "tokens": [{"id": i, "text": p, "k": k, "logprob": lp}
                        for i, p, k, lp in zip(res.ids, pieces, res.k, res.logprob)],
             "k_mean": res.k_mean, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
+            "interrupted": res.interrupted,
         }), highlight=False)
     elif args.show_k:
         text, legend = render(args.prompt, pieces, res.k, k_max, uses_colour(out))
         out.print(text, highlight=False, soft_wrap=True)  # unwrapped: the text is the model's
         out.print(legend, highlight=False, soft_wrap=True)
     else:
-        sys.stdout.write(args.prompt + tok.decode(res.ids) + "\n")
+        sys.stdout.write(tok.decode(pending) + "\n")
         sys.stdout.flush()
     k = f", mean K per generated token {res.k_mean:.2f} (k_max {k_max})" if k_max else ""
     err.print(f"{len(res.ids)} tokens in {res.seconds:.2f} s: {res.tokens_per_s:.1f} tokens/s{k}", highlight=False)
+    if res.interrupted:
+        raise Interrupted(f"interrupted after {len(res.ids)} generated tokens; they are printed above")
     return 0
 
 

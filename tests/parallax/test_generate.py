@@ -142,3 +142,23 @@ def test_bench_generate_json(text_run, capsys):
 def test_generate_needs_a_run(tmp_path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_generate_streams_tokens_so_an_interrupt_keeps_them(text_run, capsys, monkeypatch):
+    import parallax.generate as gen
+
+    calls = {"n": 0}
+    real = gen.sample
+
+    def interrupted_at_the_fifth(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(gen, "sample", interrupted_at_the_fifth)
+    code = main(["generate", str(text_run), "--prompt", "Once", "--max-new-tokens", "1000000000", "--temperature", "0"])
+    out, err = capsys.readouterr()
+    assert code == 130
+    assert out.startswith("Once") and len(out) > len("Once")  # the four tokens before the interrupt were printed
+    assert "interrupted after 4 generated tokens; they are printed above" in err
