@@ -137,6 +137,9 @@ def _parent(cfg, key: str, item: str):
             node = node[int(part)] if OmegaConf.is_list(node) else node[part]
         except (KeyError, IndexError, ValueError, OmegaConfBaseException):
             raise ConfigError(f"{'.'.join(parts[:i + 1])}: no such key (override '{_short(item)}')") from None
+    if not (OmegaConf.is_dict(node) or OmegaConf.is_list(node)):
+        raise ConfigError(f"{'.'.join(parts[:-1])}: is a value, not a mapping or list: it has no key "
+                          f"'{parts[-1]}' to remove (override '{_short(item)}')")
     return node, parts[-1]
 
 

@@ -47,6 +47,8 @@ OVERRIDE_CASES = [
     (["train.max_steps=["], ["train.max_steps", "YAML"]),
     (["~train.nope"], ["train.nope", "no such key"]),
     (["~model.experts.9"], ["model.experts.9", "no such list index"]),
+    (["~data.n_keys."], ["data.n_keys: is a value", "no key ''"]),  # was a TypeError
+    (["~seed.x"], ["seed: is a value", "no key 'x'"]),
     (["seed.x=1"], ["seed"]),
     (["data.type=recal"], ["data.type", "did you mean 'recall'"]),
     (["data.n_pairs=20"], ["data", "n_pairs"]),
