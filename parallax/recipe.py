@@ -135,7 +135,7 @@ def _parent(cfg, key: str, item: str):
     for i, part in enumerate(parts[:-1]):
         try:
             node = node[int(part)] if OmegaConf.is_list(node) else node[part]
-        except (KeyError, IndexError, ValueError, OmegaConfBaseException):
+        except (KeyError, IndexError, ValueError, TypeError, OmegaConfBaseException):  # TypeError: 3["x"]
             raise ConfigError(f"{'.'.join(parts[:i + 1])}: no such key (override '{_short(item)}')") from None
     if not (OmegaConf.is_dict(node) or OmegaConf.is_list(node)):
         raise ConfigError(f"{'.'.join(parts[:-1])}: is a value, not a mapping or list: it has no key "

@@ -49,6 +49,7 @@ OVERRIDE_CASES = [
     (["~model.experts.9"], ["model.experts.9", "no such list index"]),
     (["~data.n_keys."], ["data.n_keys: is a value", "no key ''"]),  # was a TypeError
     (["~seed.x"], ["seed: is a value", "no key 'x'"]),
+    (["~seed.x.y"], ["seed.x: no such key"]),  # was a TypeError
     (["seed.x=1"], ["seed"]),
     (["data.type=recal"], ["data.type", "did you mean 'recall'"]),
     (["data.n_pairs=20"], ["data", "n_pairs"]),
@@ -192,7 +193,8 @@ YAML_OVERRIDE_CASES = {
     "nested-3000-deep": (["seed=" + "[" * 3000 + "]" * 3000], ["seed", "nested more than 32 levels"]),  # RecursionError
     "unset-env": (["out_dir=${oc.env:PARALLAX_UNSET_VAR}"],
                   ["out_dir: environment variable PARALLAX_UNSET_VAR is not set",
-                   "set PARALLAX_UNSET_VAR in the environment, or give a default: ${oc.env:PARALLAX_UNSET_VAR,default}"]),
+                   "set PARALLAX_UNSET_VAR in the environment, or give a default: "
+                   "${oc.env:PARALLAX_UNSET_VAR,default}"]),
     "unset-env-in-a-list": (["model.experts.0.slots=${oc.env:PARALLAX_UNSET_VAR}"],
                             ["model.experts.0.slots: environment variable PARALLAX_UNSET_VAR"]),
     "bad-interpolation": (["model.experts.0.slots=${nope}"], ["model.experts.0.slots", "'nope' not found"]),
@@ -230,7 +232,8 @@ def test_a_misspelt_top_level_key_is_reported_with_its_did_you_mean(capsys, tiny
 
 def test_a_misspelt_key_comes_before_other_errors(capsys, tiny_recipe):
     _edit(tiny_recipe, "\nmodel:\n", "\nmodle:\n")
-    check(capsys, ["validate", str(tiny_recipe), "seed=x"], "modle: unknown key; did you mean 'model'?", "(and 1 more error)")
+    check(capsys, ["validate", str(tiny_recipe), "seed=x"],
+          "modle: unknown key; did you mean 'model'?", "(and 1 more error)")
 
 
 def test_unset_environment_variable_in_a_recipe(capsys, tiny_recipe, monkeypatch):
