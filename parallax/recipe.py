@@ -4,11 +4,18 @@
 validates the result: first the fixed top-level schema, then each component against the
 ``Config`` of the plugin its ``type`` names. Every failure is a ``ConfigError`` whose one-line
 message starts with the key path and lists the allowed keys or values.
+
+The YAML is read by ``parallax.safe_yaml``: safe types only, a key given twice is an error, and
+nesting and alias expansion are bounded. Values may be OmegaConf interpolations, resolved once the
+overrides are applied: ``${oc.env:VAR}`` (an environment variable, as a string; an error naming
+VAR when it is unset), ``${oc.env:VAR,default}``, ``${oc.decode:${oc.env:VAR}}`` (the variable read
+as YAML: a number, a list) and ``${model.d_model}`` (another key, by its full path).
 """
 from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,9 +23,10 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import GrammarParseError, OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
+from . import safe_yaml
 from .errors import ConfigError
 from .registry import Registry, get_registry
 from .schema import Kind, OptimizerConfig, Recipe, Spec
@@ -60,7 +68,7 @@ def read_yaml(path: Path) -> dict:
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -70,19 +78,7 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: the recipe is empty; it needs at least `model:` and `data:`")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys (got a {type(data).__name__})")
-    if _has_cycle(data):
-        raise ConfigError(f"{path}: a YAML alias (*name) refers to the anchor that contains it; remove the loop")
     return data
-
-
-def _has_cycle(node, parents: tuple = ()) -> bool:
-    """Whether an alias makes the loaded YAML contain itself (PyYAML builds such objects)."""
-    if not isinstance(node, (dict, list)):
-        return False
-    if any(node is p for p in parents):
-        return True
-    children = node.values() if isinstance(node, dict) else node
-    return any(_has_cycle(c, parents + (node,)) for c in children)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -92,25 +88,29 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     except OmegaConfBaseException as e:
         raise ConfigError(f"recipe: {_omega_msg(e)}") from None
     for item in overrides:
+        shown = _short(item)
         if item.startswith("~"):
             key = item[1:]
             parent, leaf = _parent(cfg, key, item)
             if isinstance(parent, typing.MutableSequence) or OmegaConf.is_list(parent):
                 if not leaf.isdigit() or int(leaf) >= len(parent):
-                    raise ConfigError(f"{key}: no such list index to remove (override '{item}')")
+                    raise ConfigError(f"{key}: no such list index to remove (override '{shown}')")
                 del parent[int(leaf)]
             elif leaf not in parent:
-                raise ConfigError(f"{key}: no such key to remove (override '{item}')")
+                raise ConfigError(f"{key}: no such key to remove (override '{shown}')")
             else:
                 del parent[leaf]
             continue
         key, sep, value = item.partition("=")
         if not sep or not key or key.startswith("-"):
-            raise ConfigError(f"override '{item}': expected key=value (or ~key to remove a key)")
+            raise ConfigError(f"override '{shown}': expected key=value (or ~key to remove a key)")
+        if key.count(".") >= safe_yaml.MAX_DEPTH:
+            raise ConfigError(f"override '{shown}': the key is more than {safe_yaml.MAX_DEPTH} levels deep")
         try:
-            parsed = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"{key}: cannot parse override value '{value}' as YAML") from None
+            parsed = safe_yaml.load(value, f"override '{shown}'", prefix=key) if value != "" else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{key}: cannot parse override value '{_short(value)}' as YAML ({problem})") from None
         # a mapping that names another plugin type replaces the component: the old type's options
         # (a motor decoder's layers) mean nothing to the new one (a classifier)
         try:
@@ -122,11 +122,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             OmegaConf.update(cfg, key, parsed, merge=not swap, force_add=True)
         except (OmegaConfBaseException, ValueError, IndexError, TypeError) as e:
-            raise ConfigError(f"{key}: cannot apply override '{item}' ({_omega_msg(e)})") from None
+            raise ConfigError(f"{key}: cannot apply override '{shown}' ({_omega_msg(e)})") from None
     try:
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise ConfigError(f"recipe: {_omega_msg(e)}") from None
+        raise ConfigError(_interpolation_msg(e)) from None
 
 
 def _parent(cfg, key: str, item: str):
@@ -135,13 +135,36 @@ def _parent(cfg, key: str, item: str):
     for i, part in enumerate(parts[:-1]):
         try:
             node = node[int(part)] if OmegaConf.is_list(node) else node[part]
-        except (KeyError, IndexError, ValueError, OmegaConfBaseException):
-            raise ConfigError(f"{'.'.join(parts[:i + 1])}: no such key (override '{item}')") from None
+        except (KeyError, IndexError, ValueError, TypeError, OmegaConfBaseException):  # TypeError: 3["x"]
+            raise ConfigError(f"{'.'.join(parts[:i + 1])}: no such key (override '{_short(item)}')") from None
+    if not (OmegaConf.is_dict(node) or OmegaConf.is_list(node)):
+        raise ConfigError(f"{'.'.join(parts[:-1])}: is a value, not a mapping or list: it has no key "
+                          f"'{parts[-1]}' to remove (override '{_short(item)}')")
     return node, parts[-1]
 
 
 def _omega_msg(e: Exception) -> str:
     return str(e).strip().splitlines()[0]
+
+
+def _interpolation_msg(e: OmegaConfBaseException) -> str:
+    """One line for a ``${...}`` that does not resolve, at the key that holds it (OmegaConf's
+    ``model.experts[0].slots`` written as ``model.experts.0.slots``)."""
+    where = re.sub(r"\[(\d+)\]", r".\1", str(getattr(e, "full_key", None) or "")) or "recipe"
+    msg = _omega_msg(e)
+    var = re.search(r"Environment variable '([^']*)' not found", msg)
+    if var:
+        name = var.group(1)
+        return (f"{where}: environment variable {name} is not set; set {name} in the environment, "
+                f"or give a default: ${{oc.env:{name},default}}")
+    if isinstance(e, GrammarParseError):
+        return f"{where}: cannot parse the interpolation ({msg}); write \\${{ for a literal ${{"
+    return f"{where}: {msg}"
+
+
+def _short(text: str, n: int = 80) -> str:
+    """``text``, cut to ``n`` characters for a one-line message."""
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -285,20 +308,31 @@ def _dotted(parts: list) -> str:
 
 def _format(err: ValidationError, schema: type[BaseModel], prefix: list) -> str:
     errors = err.errors()
-    e = errors[0]
+    # A misspelt key (modle) also leaves the key it meant (model) missing. Report the misspelling
+    # first, with its did-you-mean, and do not count the missing key that it explains.
+    hints = [_close_key(schema, list(x["loc"])) if x["type"] == "extra_forbidden" else None for x in errors]
+    meant = {(*x["loc"][:-1], h) for x, h in zip(errors, hints) if h}
+    kept = [(x, h) for x, h in zip(errors, hints) if not (x["type"] == "missing" and tuple(x["loc"]) in meant)]
+    e, hint = next(((x, h) for x, h in kept if h), kept[0])
+    errors = [x for x, _ in kept]
     loc = list(e["loc"])
     where = _dotted(prefix + loc) or "recipe"
     more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     if e["type"] == "extra_forbidden":
         allowed = _fields_at(schema, loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        dym = f"; did you mean '{hint[0]}'?" if hint else ""
+        dym = f"; did you mean '{hint}'?" if hint else ""
         return f"{where}: unknown key{dym} (allowed: {', '.join(allowed)}){more}"
     if e["type"] == "missing":
         return f"{where}: required key is missing{more}"
     got = e.get("input")
-    shown = repr(got) if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else type(got).__name__
+    shown = _short(repr(got)) if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else type(got).__name__
     return f"{where}: {e['msg']} (got {shown}){more}"
+
+
+def _close_key(schema: type[BaseModel], loc: list) -> str | None:
+    """The allowed key closest to the unknown one at ``loc``, if any is close."""
+    hint = difflib.get_close_matches(str(loc[-1]), _fields_at(schema, loc[:-1]), n=1)
+    return hint[0] if hint else None
 
 
 def _fields_at(schema: type[BaseModel], loc: list) -> list[str]:

@@ -1,6 +1,9 @@
 """Malformed recipes, overrides and flags: each exits 2 with one line that names the problem."""
 from __future__ import annotations
 
+import signal
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,9 @@ OVERRIDE_CASES = [
     (["train.max_steps=["], ["train.max_steps", "YAML"]),
     (["~train.nope"], ["train.nope", "no such key"]),
     (["~model.experts.9"], ["model.experts.9", "no such list index"]),
+    (["~data.n_keys."], ["data.n_keys: is a value", "no key ''"]),  # was a TypeError
+    (["~seed.x"], ["seed: is a value", "no key 'x'"]),
+    (["~seed.x.y"], ["seed.x: no such key"]),  # was a TypeError
     (["seed.x=1"], ["seed"]),
     (["data.type=recal"], ["data.type", "did you mean 'recall'"]),
     (["data.n_pairs=20"], ["data", "n_pairs"]),
@@ -190,3 +196,113 @@ def test_a_full_disk_outside_a_save_says_to_free_space(capsys, tiny_recipe, monk
     lines = [ln for ln in err.splitlines() if ln.startswith("parallax: error:")]
     assert rc == 2 and lines == [err.strip().splitlines()[-1]] and "Traceback" not in err, err
     assert "metrics.jsonl: No space left on device; free space on that disk or choose another out_dir" in lines[0]
+
+
+# YAML that the safe loader alone gets wrong: a traceback, a hang, or a duplicate key kept silently
+YAML_OVERRIDE_CASES = {
+    "duplicate-key": (["model.decoder={layers: 1, layers: 2}"],
+                      ["model.decoder.layers: duplicate key", "columns 2 and 13", "keep one"]),
+    "hex-without-digits": (["seed=0x_"], ["seed", "'0x_'", "YAML"]),
+    "impossible-date": (["seed=2020-13-45"], ["seed", "month must be in 1..12"]),
+    "5000-digits": (["seed=" + "1" * 5000], ["seed", "4300 digits"]),
+    "nested-3000-deep": (["seed=" + "[" * 3000 + "]" * 3000], ["seed", "nested more than 32 levels"]),  # RecursionError
+    "unset-env": (["out_dir=${oc.env:PARALLAX_UNSET_VAR}"],
+                  ["out_dir: environment variable PARALLAX_UNSET_VAR is not set",
+                   "set PARALLAX_UNSET_VAR in the environment, or give a default: "
+                   "${oc.env:PARALLAX_UNSET_VAR,default}"]),
+    "unset-env-in-a-list": (["model.experts.0.slots=${oc.env:PARALLAX_UNSET_VAR}"],
+                            ["model.experts.0.slots: environment variable PARALLAX_UNSET_VAR"]),
+    "bad-interpolation": (["model.experts.0.slots=${nope}"], ["model.experts.0.slots", "'nope' not found"]),
+}
+
+
+@pytest.mark.parametrize("overrides,needles", YAML_OVERRIDE_CASES.values(), ids=YAML_OVERRIDE_CASES)
+def test_yaml_override_is_one_line_exit_2(capsys, tiny_recipe, monkeypatch, overrides, needles):
+    monkeypatch.delenv("PARALLAX_UNSET_VAR", raising=False)
+    check(capsys, ["validate", str(tiny_recipe), *overrides], *needles)
+
+
+def _edit(recipe: Path, old: str, new: str) -> Path:
+    text = recipe.read_text()
+    assert old in text
+    recipe.write_text(text.replace(old, new, 1))
+    return recipe
+
+
+def test_duplicate_key_in_a_recipe_names_both_lines(capsys, tiny_recipe):
+    lines = tiny_recipe.read_text().splitlines()
+    first = lines.index("  d_model: 16") + 1
+    _edit(tiny_recipe, "  k_max: 4\n", "  k_max: 4\n  d_model: 32\n")
+    check(capsys, ["validate", str(tiny_recipe)],
+          f"model.d_model: duplicate key (lines {first} and {first + 2} of {tiny_recipe}); keep one")
+
+
+def test_a_misspelt_top_level_key_is_reported_with_its_did_you_mean(capsys, tiny_recipe):
+    _edit(tiny_recipe, "\nmodel:\n", "\nmodle:\n")
+    rc, err = run_cli(capsys, "validate", str(tiny_recipe))
+    assert rc == 2
+    assert err.startswith("parallax: error: modle: unknown key; did you mean 'model'?"), err
+    assert "more error" not in err  # the missing `model` is what the misspelling explains
+
+
+def test_a_misspelt_key_comes_before_other_errors(capsys, tiny_recipe):
+    _edit(tiny_recipe, "\nmodel:\n", "\nmodle:\n")
+    check(capsys, ["validate", str(tiny_recipe), "seed=x"],
+          "modle: unknown key; did you mean 'model'?", "(and 1 more error)")
+
+
+def test_unset_environment_variable_in_a_recipe(capsys, tiny_recipe, monkeypatch):
+    monkeypatch.delenv("PARALLAX_UNSET_VAR", raising=False)
+    _edit(tiny_recipe, "seed: 0", "seed: ${oc.env:PARALLAX_UNSET_VAR}")
+    check(capsys, ["validate", str(tiny_recipe)], "seed: environment variable PARALLAX_UNSET_VAR is not set",
+          "${oc.env:PARALLAX_UNSET_VAR,default}")
+    monkeypatch.setenv("PARALLAX_UNSET_VAR", "3")
+    rc, _ = run_cli(capsys, "validate", str(tiny_recipe))
+    assert rc == 0
+
+
+def test_interpolations_resolve_after_overrides(capsys, tiny_recipe, monkeypatch):
+    import yaml
+
+    monkeypatch.delenv("PARALLAX_UNSET_VAR", raising=False)
+    monkeypatch.setenv("PARALLAX_TEST_LIVE", "2")
+    _edit(tiny_recipe, "  live_steps: 1\n", "  live_steps: ${oc.decode:${oc.env:PARALLAX_TEST_LIVE}}\n")
+    _edit(tiny_recipe, "hidden: 16", "hidden: ${model.d_model}")
+    assert main(["cat", str(tiny_recipe), "model.d_model=32", r"out_dir=a\${b}-${oc.env:PARALLAX_UNSET_VAR,x}"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["live_steps"] == 2 and cfg["model"]["experts"][2]["hidden"] == 32
+    assert cfg["out_dir"] == "a${b}-x"
+
+
+# nine anchors of nine aliases each, 428 bytes: 9**9 values
+BOMB = "".join(['a0: &a0 ["x"]\n'] + [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)])
+
+
+@contextmanager
+def within(seconds: float):
+    """Fail, instead of hanging, when the block takes longer than ``seconds``."""
+    def expire(signum, frame):
+        pytest.fail(f"took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_alias_bomb_is_refused_in_well_under_a_second(capsys, tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    start = time.perf_counter()
+    with within(5):  # on the safe loader alone, hours
+        check(capsys, ["validate", str(path)], "YAML aliases expand to more than 100000 nodes", "bomb.yaml")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_alias_bomb_in_an_override_value(capsys, tiny_recipe):
+    flow = "{" + BOMB.strip().replace("\n", ", ") + "}"
+    with within(5):
+        check(capsys, ["validate", str(tiny_recipe), f"model.extra={flow}"], "model.extra.a", "more than 100000 nodes")
