@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .kloop import COMPACT_BELOW, settle
 from .protocols import DataInfo, Model, ModelOutput
 from .registry import Registry, get_registry
-from .schema import Component, Spec
+from .schema import MAX_K, Component, Spec
 
 
 def build_component(kind: str, cfg: Spec, d_model: int, info: DataInfo, registry: Registry | None = None,
@@ -74,7 +74,7 @@ class CWSModel(Model):
     class Config(Spec):
         type: str = "cws"
         d_model: int = Field(64, gt=0, description="workspace width d")
-        k_max: int = Field(8, ge=1, description="maximum K steps per position")
+        k_max: int = Field(8, ge=1, le=MAX_K, description="maximum K steps per position")
         live_steps: int = Field(1, ge=1, description="steps with gradient at the end of the loop")
         train_k: Literal["max", "uniform", "ramp"] = Field(
             "max",

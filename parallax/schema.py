@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 
 MAX_THREADS = 1024  # torch.set_num_threads crashes the process far above any real core count
+MAX_K = 4096  # K steps per position: far past any settling the seeds report (k_max 48); a bound, not a goal
 
 
 class Spec(BaseModel):
@@ -93,6 +94,9 @@ class TrainConfig(Strict):
         "auto", description="autocast dtype; auto = bf16 on CUDA when supported, else fp32"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
+    max_memory_gb: float | None = Field(
+        None, gt=0, description="refuse a recipe whose estimated training memory exceeds this many GB before "
+        "building it; null: the memory of the device it trains on (RAM or the GPU's)")
     threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; null keeps torch's default")
     resume: str | bool = Field(False, description="false | auto (latest in out_dir if any) | true (must exist) | PATH")
     progress: bool = Field(True, description="rich progress bar")

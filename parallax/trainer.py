@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from . import checkpoint as ckpt
+from .budget import check_fits, meta_model
 from .build import autocast_dtype, build_data, resolve_device, seed_all, tokens_per_example
 from .callbacks import Callback
 from .diagnostics import collect as collect_diagnostics
@@ -89,6 +90,9 @@ class Trainer:
         self.data = build_data(self.recipe, self.registry)
         if self.resume_from is not None:
             self.data.restore(self.resume_from)  # the tokenizer the weights were trained with
+        # bounds before allocation: a recipe that cannot fit is refused before its tensors exist
+        check_fits(self.recipe, meta_model(self.recipe, self.data.info, self.registry), tokens_per_example(self.data),
+                   self.device)
         self.model = build_model(self.recipe.model, self.data.info, self.registry).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.optimizer)
         self.scheduler = make_scheduler(self.optimizer, cfg)

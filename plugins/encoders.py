@@ -19,7 +19,7 @@ from .image_encoder import ImageEncoder
 class TokenEncoder(parallax.Encoder):
     class Config(parallax.Spec):
         type: str = "token"
-        window: int = Field(3, ge=1, description="observation window: current token plus window-1 previous")
+        window: int = Field(3, ge=1, le=64, description="observation window: current token plus window-1 previous")
 
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
         super().__init__()

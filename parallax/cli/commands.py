@@ -99,11 +99,9 @@ def cmd_cat(args, out: Console, err: Console) -> int:
 
 
 def cmd_validate(args, out: Console, err: Console) -> int:
-    import torch
-
-    from ..model import build_model
+    from ..budget import check_fits, meta_model
+    from ..build import build_data, resolve_device, tokens_per_example
     from ..registry import get_registry
-    from ..build import build_data
 
     recipe = load(args)
     data = build_data(recipe, get_registry())
@@ -111,8 +109,11 @@ def cmd_validate(args, out: Console, err: Console) -> int:
     # reads no data and needs no network; else the data source reads its data to tell
     info = data.declared_info()
     read = info is None
-    with torch.device("meta"):  # build-time checks (shapes, divisibility) without allocating
-        build_model(recipe.model, data.info if read else info)
+    # build-time checks (shapes, divisibility) on the meta device, and the memory bound, without allocating
+    model = meta_model(recipe, data.info if read else info)
+    positions = None if not read else tokens_per_example(data)
+    if positions is not None:
+        check_fits(recipe, model, positions, resolve_device(recipe.train))
     note = "" if read else f"; data not read: built for {_described(info)}"
     out.print(f"{args.recipe}: valid ({recipe.model.type} model, {recipe.data.type} data{note})",
               highlight=False, soft_wrap=True)

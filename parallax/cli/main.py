@@ -18,7 +18,7 @@ import threading
 from rich.console import Console
 
 from ..errors import ParallaxError
-from ..schema import MAX_THREADS
+from ..schema import MAX_K, MAX_THREADS
 
 COMMANDS = ["run", "eval", "generate", "export", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin",
             "bench", "convert-checkpoint"]
@@ -65,15 +65,26 @@ def _recipe_key(flag: str) -> str | None:
     return keys.get(leaf)
 
 
-def _count(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
+def _count(text: str, most: int = 10**6) -> int:
+    """An argparse type: a whole number of at least 1 and at most ``most`` (a count that could never end is refused)."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most:,}, got {n:,}")
     return n
+
+
+def _k(text: str) -> int:
+    """A K budget: at most MAX_K steps per position, as recipes allow."""
+    return _count(text, MAX_K)
+
+
+def _repeats(text: str) -> int:
+    return _count(text, 10_000)
 
 
 def _threads(text: str) -> int:
@@ -116,7 +127,8 @@ def build_parser() -> Parser:
     g = sub.add_parser("generate", help="continue a prompt with a trained text run, one cached token step at a time")
     g.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
     g.add_argument("--prompt", required=True, help="the text to continue")
-    g.add_argument("--max-new-tokens", type=_count, default=100, help="tokens to generate (default 100)")
+    g.add_argument("--max-new-tokens", type=lambda t: _count(t, 10**12), default=100,
+                   help="tokens to generate (default 100); they stream as produced, and Ctrl-C keeps them")
     g.add_argument("--temperature", type=_finite(0.0), default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
     g.add_argument("--top-k", type=_count, default=None, help="sample among the k most likely tokens")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -172,10 +184,10 @@ def build_parser() -> Parser:
     m = bsub.add_parser("memory", help="saved-for-backward bytes and peak memory of one training step at each K")
     m.add_argument("recipe")
     m.add_argument("overrides", nargs="*")
-    m.add_argument("--k", type=_count, nargs="+", default=[8, 16, 32, 48], help="K values (default 8 16 32 48)")
+    m.add_argument("--k", type=_k, nargs="+", default=[8, 16, 32, 48], help="K values (default 8 16 32 48)")
     m.add_argument("--json", action="store_true")
     kb = bsub.add_parser("kernels", help="the workspace step: fused vs reference vs torch.compile, with the bandwidth floor")
-    kb.add_argument("--repeats", type=_count, default=20)
+    kb.add_argument("--repeats", type=_repeats, default=20)
     kb.add_argument("--json", action="store_true")
     hb = bsub.add_parser("halting", help="wall time per token: adaptive halting vs fixed K = round(m) vs fixed k_max")
     hb.add_argument("recipe")
@@ -187,7 +199,7 @@ def build_parser() -> Parser:
     hb.add_argument("--mode", choices=["parallel", "incremental"], default="parallel",
                     help="settle whole batches at once, or feed sequences one token at a time (generation)")
     hb.add_argument("--sequences", type=_count, default=8, help="validation sequences fed one at a time (incremental)")
-    hb.add_argument("--repeats", type=_count, default=5, help="interleaved repeats; the median is reported")
+    hb.add_argument("--repeats", type=_repeats, default=5, help="interleaved repeats; the median is reported")
     hb.add_argument("--json", action="store_true")
     a = bsub.add_parser("ablation", help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")
     a.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
@@ -210,7 +222,7 @@ def build_parser() -> Parser:
     cb.add_argument("--json", action="store_true")
     db = bsub.add_parser("dynamics", help="how a trained CWS's state moves per K step: monotone contraction or oscillation")
     db.add_argument("run_dir", help="a trained CWS run's out_dir or step-XXXXXXXX/ folder")
-    db.add_argument("--k", type=_count, default=None, help="steps to follow (default: the run's k_max)")
+    db.add_argument("--k", type=_k, default=None, help="steps to follow (default: the run's k_max)")
     db.add_argument("--batches", type=_count, default=2, help="validation batches (default 2)")
     db.add_argument("--json", action="store_true")
     gb = bsub.add_parser("generate", help="seconds per token, cached incremental decoding vs recomputing the prefix")
