@@ -97,7 +97,8 @@ class Curves:
         if train and all("time" in r for r in train + evals):
             first = float(train[0]["time"])
             t0 = first - _window_seconds(train[0], 0, tokens_per_step) if first >= 1e8 else 0.0  # a Unix time
-            return cls(train, evals, [float(r["time"]) - t0 for r in train], [float(r["time"]) - t0 for r in evals], True)
+            since = [float(r["time"]) - t0 for r in train + evals]
+            return cls(train, evals, since[: len(train)], since[len(train):], True)
         train_time = elapsed_seconds(train, tokens_per_step)
         return cls(train, evals, train_time, [_at_step(r["step"], train, train_time) for r in evals], False)
 
@@ -218,16 +219,19 @@ def evaluation_figures(evaluation: dict | None, k_max: int | None, into: Figures
     ax.grid(alpha=0.3, axis="y")
     into.figures["k_histogram"] = fig
     rows = evaluation.get("k_by_surprisal_quantile") or []
-    if rows:
+    if rows:  # by quantile, not by surprisal: most targets of an easy text crowd near 0 nats
         fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-        ax.plot([r["surprisal_mean"] for r in rows], [r["k_mean"] for r in rows], "o-", color="tab:purple")
-        for r in rows:
-            ax.annotate(f"q{r['quantile']}", (r["surprisal_mean"], r["k_mean"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
-        ax.set_xlabel("mean surprisal of the quantile's targets (nats)")
+        xs = [r["quantile"] for r in rows]
+        ax.bar(xs, [r["k_mean"] for r in rows], color=[cmap((r["k_mean"] - 1) / max(top - 1, 1)) for r in rows])
+        ax.set_xticks(xs, [f"q{r['quantile']}\n{r['surprisal_min']:.2g}-{r['surprisal_max']:.2g}" for r in rows])
+        for x, r in zip(xs, rows):
+            ax.annotate(f"{r['k_mean']:.2f}", (x, r["k_mean"]), ha="center", textcoords="offset points",
+                        xytext=(0, 3), fontsize=8)
+        ax.set_ylim(0, top + 0.5)
+        ax.set_xlabel("surprisal quantile of the targets (range in nats; q1 the least surprising)")
         ax.set_ylabel("mean K")
         ax.set_title("mean K per surprisal quantile (flat: K does not follow difficulty)")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, axis="y")
         into.figures["k_by_surprisal"] = fig
 
 

@@ -153,9 +153,9 @@ table.summary { border-collapse: collapse; font-size: 0.9rem; }
 table.summary td { padding: 0.15rem 1.2rem 0.15rem 0; border-bottom: 1px solid #eee; }
 table.summary td:first-child { color: #555; } td.num { font-variant-numeric: tabular-nums; }
 .kmap { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 0.9rem; line-height: 1.9;
-        white-space: pre-wrap; word-break: break-word; background: #fafafa; border: 1px solid #e3e3e3;
+        word-break: break-word; background: #fafafa; border: 1px solid #e3e3e3;
         border-radius: 6px; padding: 0.6rem 0.8rem; }
-.seq { margin-bottom: 0.7rem; } .seq:last-child { margin-bottom: 0; }
+.seq { white-space: pre-wrap; margin-bottom: 0.7rem; } .seq:last-child { margin-bottom: 0; }
 .tok { border-radius: 3px; padding: 0.05rem 0; cursor: default; }
 .tok.gen { box-shadow: inset 0 -2px 0 #d33; }
 .legend { display: flex; flex-wrap: wrap; align-items: center; gap: 2px; margin: 0.4rem 0 0.6rem; font-size: 0.85rem; }

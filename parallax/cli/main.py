@@ -19,8 +19,8 @@ from rich.console import Console
 from ..errors import ParallaxError
 from ..schema import MAX_THREADS
 
-COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench", "plot",
-            "report"]
+COMMANDS = ["run", "eval", "generate", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin", "bench",
+            "plot", "report"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -64,7 +64,6 @@ def test_the_k_map_holds_one_element_per_validation_token_with_its_k(tiny_run):
         k = torch.cat([run.model(b["inputs"]).k for b in batches])  # (16,10)
     assert len(page.tokens) == inputs.numel() == 160
     assert [int(t["data-k"]) for t in page.tokens] == k.flatten().tolist()
-    assert len(page.tokens) == 20
     assert [t["text"] for t in page.tokens] == [str(i) for i in inputs.flatten().tolist()]  # no tokenizer: ids
     scored = [t for t in page.tokens if "data-surprisal" in t]
     assert len(scored) == int((targets != -100).sum())  # the recall answers only
