@@ -158,6 +158,8 @@ table.summary td:first-child { color: #555; } td.num { font-variant-numeric: tab
 .seq { white-space: pre-wrap; margin-bottom: 0.7rem; } .seq:last-child { margin-bottom: 0; }
 .tok { border-radius: 3px; padding: 0.05rem 0; cursor: default; }
 .tok.gen { box-shadow: inset 0 -2px 0 #d33; }
+.kmap.ids .tok { padding: 0.05rem 0.25rem; }
+.kmap.ids .tok[data-surprisal] { font-weight: 700; text-decoration: underline; }
 .legend { display: flex; flex-wrap: wrap; align-items: center; gap: 2px; margin: 0.4rem 0 0.6rem; font-size: 0.85rem; }
 .legend-label { margin-right: 0.4rem; color: #555; }
 .swatch { display: inline-block; min-width: 1.9rem; text-align: center; padding: 0.1rem 0.2rem; border-radius: 3px;
@@ -205,11 +207,12 @@ def build_report(path: str | Path, prompt: str | None = None, max_new_tokens: in
         n = sum(len(s) for s in seqs)
         what = (f"the prompt (plain) and its generation (underlined red), {n} tokens" if prompt is not None
                 else f"the first {len(seqs)} validation sequence{'s' * (len(seqs) > 1)}, {n} tokens"
-                + ("" if run.data.tokenizer is not None else ", shown as token ids"))
+                + ("" if run.data.tokenizer is not None else ", shown as token ids, the scored ones bold"))
         kmap = (f"<p>Each token's background is the K its position took ({what}; evaluation, k_max "
                 f"{model.k_max}). Hover a token for its K and the surprisal of the next token, the target "
                 f"predicted there.</p>\n{legend_html(model.k_max)}\n"
-                f'<div class="kmap">{kmap_html(seqs, model.k_max, spaced=run.data.tokenizer is None)}</div>')
+                f'<div class="kmap{"" if run.data.tokenizer is not None else " ids"}">'
+                f'{kmap_html(seqs, model.k_max, spaced=run.data.tokenizer is None)}</div>')
     else:
         kmap = "<p>No K map for this run (see the notes).</p>"
     figures = "\n".join(

@@ -108,3 +108,15 @@ def test_validation_text_is_decoded_with_the_runs_tokenizer(text_run):
     ids = next(iter(run.data.val_batches()))["inputs"].flatten()[:20].tolist()  # 16 tokens a sequence: 16 + 4
     assert len(page.tokens) == 20
     assert [t["text"] for t in page.tokens] == [run.data.tokenizer.decode([i]).replace("\n", "\u21b5\n") for i in ids]
+
+
+def test_runs_without_a_token_k_map_get_a_note(tmp_path):
+    image = write_tiny_recipe(tmp_path / "img.yaml", tmp_path / "img")
+    train(image, tmp_path / "img", "~data", "data={type: digits}", "model.encoder={type: image, patch: 4}",
+          "~model.decoder", "model.decoder={type: classifier, pool: mean}", steps=2)
+    page = build_report(tmp_path / "img")
+    assert Page(page).tokens == [] and "(images), not tokens" in page
+    base = write_tiny_recipe(tmp_path / "t.yaml", tmp_path / "t")
+    train(base, tmp_path / "t", "~model", "model={type: transformer, n_embd: 16, n_layer: 1, n_head: 2}", steps=2)
+    page = build_report(tmp_path / "t")
+    assert Page(page).tokens == [] and "model has no K loop: no K map" in page
