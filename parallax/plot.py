@@ -15,7 +15,8 @@ Three sources feed them:
   one step's movement to the previous one and the share of steps that turn back.
 
 A model without a K loop gets the curves and a note for each K figure it cannot have. matplotlib
-is an optional dependency (the ``plot`` extra), imported only here and drawn with the Agg backend.
+is an optional dependency (the ``plot`` extra), imported only when a figure is made; figures are
+drawn by its Agg backend without pyplot, so nothing global (a notebook's backend) changes.
 """
 from __future__ import annotations
 
@@ -34,24 +35,29 @@ class MissingMatplotlib(ImportError):
     """matplotlib is not installed; the message is ``MISSING``."""
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+def require_matplotlib():
+    """matplotlib, or ``MissingMatplotlib`` with the line that says how to install it."""
     try:
         import matplotlib
     except ImportError:
         raise MissingMatplotlib(MISSING) from None
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    return matplotlib
 
-    return plt
+
+def new_figure(figsize=(7, 4), rows: int = 1, sharex: bool = False):
+    """A figure drawn by the Agg backend and its axes, made without pyplot: no global state, no display."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, 1, sharex=sharex)
 
 
 def k_colormap():
     """The colormap of K everywhere (histogram bars, the report's K map): few steps dark, many bright."""
-    pyplot()
-    import matplotlib
-
-    return matplotlib.colormaps["viridis"]
+    return require_matplotlib().colormaps["viridis"]
 
 
 # -- the run's records ------------------------------------------------------------------------------
@@ -138,22 +144,16 @@ class Figures:
             out[name] = buf.getvalue()
         return out
 
-    def close(self) -> None:
-        plt = pyplot()
-        for fig in self.figures.values():
-            plt.close(fig)
-
 
 def curve_figures(curves: Curves, into: Figures) -> None:
     """Loss, accuracy (where evaluated) and mean K against the step; loss and accuracy against time."""
-    plt = pyplot()
     time_label = "elapsed time (s)" if curves.measured_time else "training time (s, from tokens/s; excludes evaluation)"
     if not curves.train and not curves.evals:
         into.notes.append("metrics.jsonl holds no training or evaluation records: no curves")
         return
     for axis, label, tx, ex in (("step", "step", [r["step"] for r in curves.train], [r["step"] for r in curves.evals]),
                                 ("time", time_label, curves.train_time, curves.eval_time)):
-        fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+        fig, ax = new_figure()
         if curves.train:
             ax.plot(tx, [r["loss"] for r in curves.train], label="training loss", lw=1.2)
         if curves.evals:
@@ -166,7 +166,7 @@ def curve_figures(curves: Curves, into: Figures) -> None:
         into.figures[f"loss_{axis}"] = fig
         acc = [r for r in curves.evals if r.get("val_accuracy") is not None]
         if acc:
-            fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+            fig, ax = new_figure()
             xs = [x for x, r in zip(ex, curves.evals) if r.get("val_accuracy") is not None]
             ax.plot(xs, [r["val_accuracy"] for r in acc], "o-", color="tab:green", label="validation accuracy")
             ax.set_ylim(0, 1)
@@ -181,7 +181,7 @@ def curve_figures(curves: Curves, into: Figures) -> None:
     if not train_k and not eval_k:
         into.notes.append("no K in the records (a model without a K loop): no mean-K curve")
         return
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    fig, ax = new_figure()
     if train_k:
         ax.plot([r["step"] for r in train_k], [r["k_mean"] for r in train_k], label="training (the batch's K budget)")
     if eval_k:
@@ -204,12 +204,11 @@ def evaluation_figures(evaluation: dict | None, k_max: int | None, into: Figures
     if not evaluation or not evaluation.get("k_histogram"):
         into.notes.append("the model has no K loop: no K histogram and no K by surprisal")
         return
-    plt = pyplot()
     cmap = k_colormap()
     hist = {int(k): n for k, n in evaluation["k_histogram"].items()}
     top = k_max or max(hist)
     total = sum(hist.values())
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    fig, ax = new_figure()
     ks = list(range(1, top + 1))
     ax.bar(ks, [hist.get(k, 0) / total for k in ks], color=[cmap((k - 1) / max(top - 1, 1)) for k in ks])
     ax.set_xlabel("K (steps the position took)")
@@ -220,7 +219,7 @@ def evaluation_figures(evaluation: dict | None, k_max: int | None, into: Figures
     into.figures["k_histogram"] = fig
     rows = evaluation.get("k_by_surprisal_quantile") or []
     if rows:  # by quantile, not by surprisal: most targets of an easy text crowd near 0 nats
-        fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+        fig, ax = new_figure()
         xs = [r["quantile"] for r in rows]
         ax.bar(xs, [r["k_mean"] for r in rows], color=[cmap((r["k_mean"] - 1) / max(top - 1, 1)) for r in rows])
         ax.set_xticks(xs, [f"q{r['quantile']}\n{r['surprisal_min']:.2g}-{r['surprisal_max']:.2g}" for r in rows])
@@ -241,12 +240,9 @@ def dynamics_figure(dynamics: dict | None, into: Figures, moves=None) -> None:
     if not dynamics:
         into.notes.append("the model has no K loop: no settling trajectories")
         return
-    rows = dynamics.get("rows")
-    if not rows:
-        raise ConfigError("--dynamics: not a `parallax bench dynamics --json` result (it has no 'rows')")
-    plt = pyplot()
+    rows = dynamics["rows"]
     ks = [r["k"] for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, layout="constrained")
+    fig, (top, bottom) = new_figure((7, 6.5), rows=2, sharex=True)
     if moves is not None:
         for j in range(moves.shape[1]):
             top.plot(ks, moves[:, j].tolist(), color="0.6", lw=0.5, alpha=0.5)
@@ -314,7 +310,8 @@ def run_figures(path: str | Path, dynamics_file: str | Path | None = None, run=N
     from .metrics import read_records
     from .runs import open_run
 
-    pyplot()  # fail before the work if matplotlib is missing
+    require_matplotlib()  # fail before the work if matplotlib is missing, or the dynamics file is unreadable
+    dynamics = read_dynamics(dynamics_file) if dynamics_file is not None else None
     run = run or open_run(path)
     run_dir = run_dir_of(path)
     metrics = run_dir / "metrics.jsonl"
@@ -326,17 +323,23 @@ def run_figures(path: str | Path, dynamics_file: str | Path | None = None, run=N
     curve_figures(Curves.of(records, run.recipe.train.batch_size * world * tokens_per_example(run.data)), figs)
     evaluation = evaluate(run.model, run.data, torch.device("cpu"), detailed=True)
     evaluation_figures(evaluation, run.model.k_max if run.model.has_k_loop else None, figs)
-    dynamics, moves = None, None
-    if dynamics_file is not None:
-        try:
-            dynamics = json.loads(Path(dynamics_file).read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--dynamics {dynamics_file}: cannot read it as JSON ({e}); write it with "
-                              f"parallax bench dynamics RUN --json > FILE.json") from None
-    elif run.model.has_k_loop:
+    moves = None
+    if dynamics is None and run.model.has_k_loop:
         dynamics, moves = measure_dynamics(run.model, run.data)
     dynamics_figure(dynamics, figs, moves)
     return RunFigures(figs, evaluation, dynamics, run)
+
+
+def read_dynamics(path: str | Path) -> dict:
+    """A ``parallax bench dynamics RUN --json`` result from its file."""
+    fix = "write it with parallax bench dynamics RUN --json > FILE.json"
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--dynamics {path}: cannot read it as JSON ({e}); {fix}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), list) or not result["rows"]:
+        raise ConfigError(f"--dynamics {path}: not a `parallax bench dynamics --json` result (no 'rows'); {fix}")
+    return result
 
 
 def _summary(run_dir: Path) -> dict:

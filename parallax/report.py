@@ -219,7 +219,6 @@ def build_report(path: str | Path, prompt: str | None = None, max_new_tokens: in
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{html.escape(CAPTIONS.get(name, name))}</figcaption></figure>"
         for name, png in figs.png_bytes().items())
-    figs.close()
     recipe = (run.checkpoint / "config.yaml").read_text()
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     title = f"parallax report: {run_dir}"

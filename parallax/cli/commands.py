@@ -203,10 +203,10 @@ def cmd_bench(args, out: Console, err: Console) -> int:
 
 def _needs_matplotlib(command: str) -> bool:
     """Whether matplotlib is missing; if so, say so in one line (the caller exits 2)."""
-    from ..plot import MissingMatplotlib, pyplot
+    from ..plot import MissingMatplotlib, require_matplotlib
 
     try:
-        pyplot()
+        require_matplotlib()
     except MissingMatplotlib as e:
         import sys
 
@@ -222,7 +222,6 @@ def cmd_plot(args, out: Console, err: Console) -> int:
         return 2
     made = run_figures(args.run_dir, args.dynamics)
     paths = made.figures.write(args.out or run_dir_of(args.run_dir) / "plots")
-    made.figures.close()
     out.out("\n".join(str(p) for p in paths), highlight=False)
     for note in made.figures.notes:
         err.print(f"note: {note}", highlight=False)

@@ -47,7 +47,6 @@ def test_a_trained_run_gives_valid_pngs(tiny_run, tmp_path):
 
     made = run_figures(tiny_run)
     paths = made.figures.write(tmp_path / "plots")
-    made.figures.close()
     names = {p.stem for p in paths}
     assert {"loss_step", "loss_time", "accuracy_step", "k_mean_step", "k_histogram", "k_by_surprisal",
             "dynamics"} <= names
@@ -68,10 +67,10 @@ def test_a_bench_dynamics_result_is_read_from_its_file(tiny_run, tmp_path, capsy
     path.write_text(json.dumps(result))
     made = run_figures(tiny_run, dynamics_file=path)
     assert made.dynamics == result and "dynamics" in made.figures.figures
-    made.figures.close()
-    (tmp_path / "bad.json").write_text("[1, 2")
-    with pytest.raises(ConfigError, match="--dynamics"):
-        run_figures(tiny_run, dynamics_file=tmp_path / "bad.json")
+    for text, says in (("[1, 2", "cannot read it as JSON"), ('{"k": 3}', "not a `parallax bench dynamics --json`")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ConfigError, match=f"--dynamics .*bad.json: {says}"):
+            run_figures(tiny_run, dynamics_file=tmp_path / "bad.json")
 
 
 def test_a_model_without_a_k_loop_gets_the_curves_and_notes(tmp_path):
@@ -79,7 +78,6 @@ def test_a_model_without_a_k_loop_gets_the_curves_and_notes(tmp_path):
     train(recipe, tmp_path / "run", "~model", "model={type: transformer, n_embd: 16, n_layer: 1, n_head: 2}", steps=3)
     made = run_figures(tmp_path / "run")
     names = set(made.figures.figures)
-    made.figures.close()
     assert {"loss_step", "loss_time", "accuracy_step"} <= names
     assert not names & {"k_mean_step", "k_histogram", "k_by_surprisal", "dynamics"}
     assert any("no K" in n for n in made.figures.notes)
