@@ -291,3 +291,42 @@ def cmd_convert_checkpoint(args, out: Console, err: Console) -> int:
         err.print(f"{args.path}: every checkpoint is in the current format already; nothing to convert",
                   highlight=False)
     return 0
+
+
+def _needs_matplotlib(command: str) -> bool:
+    """Whether matplotlib is missing; if so, say so in one line (the caller exits 2)."""
+    from ..plot import MissingMatplotlib, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingMatplotlib as e:
+        import sys
+
+        sys.stderr.write(f"parallax {command}: {e}\n")
+        return True
+    return False
+
+
+def cmd_plot(args, out: Console, err: Console) -> int:
+    from ..plot import run_dir_of, run_figures
+
+    if _needs_matplotlib("plot"):
+        return 2
+    made = run_figures(args.run_dir, args.dynamics)
+    paths = made.figures.write(args.out or run_dir_of(args.run_dir) / "plots")
+    out.out("\n".join(str(p) for p in paths), highlight=False)
+    for note in made.figures.notes:
+        err.print(f"note: {note}", highlight=False)
+    return 0
+
+
+def cmd_report(args, out: Console, err: Console) -> int:
+    from ..report import write_report
+
+    if _needs_matplotlib("report"):
+        return 2
+    dest = write_report(args.run_dir, args.out, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k, seed=args.seed, dynamics_file=args.dynamics,
+                        max_tokens=args.tokens)
+    out.out(str(dest), highlight=False)
+    return 0

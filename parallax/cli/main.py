@@ -1,5 +1,5 @@
 """``parallax``: run, eval, generate, export, ls, cp, cat, validate, plugins (alias list-plugins), new-plugin,
-bench, convert-checkpoint.
+bench, convert-checkpoint, plot, report.
 
 User errors (``ParallaxError``) print one line and exit 2; argparse errors do the same and say
 what to use instead. Recipe overrides are positional ``key=value`` and ``~key`` items.
@@ -21,7 +21,7 @@ from ..errors import ParallaxError
 from ..schema import MAX_K, MAX_THREADS
 
 COMMANDS = ["run", "eval", "generate", "export", "ls", "cp", "cat", "validate", "plugins", "list-plugins", "new-plugin",
-            "bench", "convert-checkpoint"]
+            "bench", "convert-checkpoint", "plot", "report"]
 
 #: words users type for a command, from other tools' vocabularies
 ALIASES = {"train": "run", "fit": "run", "evaluate": "eval", "test": "eval", "sample": "generate",
@@ -232,6 +232,23 @@ def build_parser() -> Parser:
     gb.add_argument("--seed", type=int, default=0)
     gb.add_argument("--threads", type=_threads, default=1, help="torch CPU threads for both paths (default 1)")
     gb.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plot", help="PNG figures of a run: loss, accuracy and K against step and time, the K "
+                                     "histogram, K by surprisal, settling (needs the plot extra)")
+    pl.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
+    pl.add_argument("--out", default=None, help="folder for the PNG files (default: RUN/plots)")
+    pl.add_argument("--dynamics", default=None, metavar="FILE.json",
+                    help="a `parallax bench dynamics RUN --json` result (default: measured on one validation batch)")
+    rp = sub.add_parser("report", help="one self-contained HTML page: figures, K map, summary, recipe")
+    rp.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
+    rp.add_argument("--out", default=None, metavar="FILE.html", help="where to write it (default: RUN/report.html)")
+    rp.add_argument("--prompt", default=None, help="map a prompt's generation instead of validation text (text runs)")
+    rp.add_argument("--max-new-tokens", type=_count, default=60, help="tokens generated after --prompt (default 60)")
+    rp.add_argument("--temperature", type=_finite(0.0), default=0.8, help="sampling temperature; 0 is greedy")
+    rp.add_argument("--top-k", type=_count, default=None, help="sample among the k most likely tokens")
+    rp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    rp.add_argument("--tokens", type=_count, default=512, help="validation tokens on the K map (default 512)")
+    rp.add_argument("--dynamics", default=None, metavar="FILE.json", help="a `parallax bench dynamics --json` result")
     return p
 
 
