@@ -88,6 +88,11 @@ def _saved_recipe(found: Path, overrides: list[str], registry) -> Recipe:
 
     if is_export(found):
         return validate(apply_overrides(saved_recipe(found), overrides), registry)
+    if not (found / "config.yaml").is_file():
+        beside = found.parent / "config.yaml"
+        fix = (f"copy the run's {beside} into it" if beside.is_file() else "use another step-* folder of the run")
+        raise CheckpointError(f"{found}: no config.yaml, the recipe these weights were trained with; the checkpoint "
+                              f"is incomplete; {fix}")
     return load_recipe(str(found / "config.yaml"), overrides, registry)
 
 

@@ -60,6 +60,8 @@ def cmd_cp(args, out: Console, err: Console) -> int:
     dest = Path(args.dest)
     if dest.is_dir():
         dest = dest / f"{name}.yaml"
+    if dest.exists() and dest.resolve() == shipped[name].resolve():
+        raise ConfigError(f"cp: {dest} is the built-in recipe '{name}' itself; give another file name (my.yaml)")
     if dest.exists() and not args.force:
         raise ConfigError(f"{dest}: already exists; pass --force to overwrite")
     if not dest.parent.is_dir():

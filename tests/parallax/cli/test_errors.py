@@ -306,3 +306,20 @@ def test_alias_bomb_in_an_override_value(capsys, tiny_recipe):
     flow = "{" + BOMB.strip().replace("\n", ", ") + "}"
     with within(5):
         check(capsys, ["validate", str(tiny_recipe), f"model.extra={flow}"], "model.extra.a", "more than 100000 nodes")
+
+
+def test_a_step_folder_without_its_config_names_what_is_missing(capsys, tiny_recipe, tmp_path):
+    from parallax.testing import train
+
+    train(tiny_recipe, tmp_path / "run", steps=3)
+    (tmp_path / "run" / "step-00000003" / "config.yaml").unlink()
+    rc, err = run_cli(capsys, "eval", str(tmp_path / "run" / "step-00000003"))
+    assert rc == 2 and "parallax ls" not in err
+    assert "no config.yaml, the recipe these weights were trained with" in err and "copy the run's" in err
+
+
+def test_cp_onto_the_built_in_recipe_itself_is_refused_without_reprs(capsys):
+    from parallax.recipe import builtin_recipes
+
+    rc, err = run_cli(capsys, "cp", "recall", str(builtin_recipes()["recall"]), "--force")
+    assert rc == 2 and "PosixPath" not in err and "is the built-in recipe 'recall' itself" in err
