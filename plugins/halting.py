@@ -104,8 +104,9 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         return halt & ~memo["explore"]
 
     def loss(self, memo, h_frozen, decode):
-        if "kept" not in memo or not memo["explore"].any():
-            return None
+        if "kept" not in memo or not memo["explore"].any():  # no frozen step, or no position explored
+            # a zero that still reaches the head, so that every parameter has a gradient each step (DDP)
+            return sum(p.sum() for p in self.parameters()) * 0.0
         with torch.no_grad():
             same = decode(memo["kept"]).argmax(-1) == decode(h_frozen).argmax(-1)  # (B,T), or (B,) for a classifier
             same = same.expand(memo["explore"].shape) if same.dim() == 2 else same[:, None].expand_as(memo["explore"])

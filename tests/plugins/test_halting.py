@@ -81,3 +81,12 @@ def test_trains_through_the_trainer_and_round_trips_a_checkpoint(tiny_recipe, tm
     with torch.no_grad():
         a, b = fresh(inputs), again(inputs)
     assert torch.equal(a.k, b.k) and torch.equal(a.logits, b.logits)
+
+
+def test_a_settle_with_no_frozen_step_still_gives_the_head_a_zero_gradient(tiny_recipe):
+    model, data, _ = learned_model(tiny_recipe)
+    model.train()
+    out = model(data.batch(1)["inputs"], k_max=1)  # the live step only: nothing to label
+    assert out.stats["aux_loss"].item() == 0
+    out.stats["aux_loss"].backward()  # DDP needs every parameter to take part in every step
+    assert model.halting.head.weight.grad is not None and model.halting.head.weight.grad.abs().sum() == 0
