@@ -8,7 +8,8 @@ from 1..k_max (``uniform``). The same halting steps are settled masked (``compac
 (``compact_below=1``, the default) and packed with ``--also`` values of ``compact_below``; the
 settles are interleaved, and the median (and the minimum) of ``--repeats`` is reported with the position-steps each
 computed; ``live_only`` (a settle with no frozen step) gives what every settle spends outside the
-frozen steps, so that the frozen steps' own times can be compared. The model is the recipe's, untrained: the time of a K step does not depend on its weights.
+frozen steps, so that the frozen steps' own times can be compared. The model is the recipe's,
+untrained: the time of a K step does not depend on its weights.
 """
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ class AttentionProbe(parallax.Expert):
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         return (k, v), (k, v)
 
-    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         """h_eff (B,Tq,d) at positions (Tq,) -> (B,Tq,S,d); or packed: h_eff (1,N,d), query n at
         positions[n] of batch row rows[n] (rows ascending) -> (1,N,S,d)."""
         k, v = ctx  # (B,Hp,Tk,dh)

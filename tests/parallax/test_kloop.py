@@ -232,7 +232,8 @@ def test_the_list_is_repacked_once_it_falls_below_compact_below(tiny_recipe, mon
     def run(c):
         packs.clear()
         with torch.no_grad():
-            return settle(model.workspace, model.experts, ctx, x, torch.arange(T), HaltEach(stop), 7, 1, compact_below=c)
+            return settle(model.workspace, model.experts, ctx, x, torch.arange(T), HaltEach(stop), 7, 1,
+                          compact_below=c)
 
     res = run(1.0)  # whenever one halts
     assert packs == [n2, n3] and res.work == 2 * P + n2 + 3 * n3 + P == int(res.k.sum())
