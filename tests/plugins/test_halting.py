@@ -90,3 +90,20 @@ def test_a_settle_with_no_frozen_step_still_gives_the_head_a_zero_gradient(tiny_
     assert out.stats["aux_loss"].item() == 0
     out.stats["aux_loss"].backward()  # DDP needs every parameter to take part in every step
     assert model.halting.head.weight.grad is not None and model.halting.head.weight.grad.abs().sum() == 0
+
+
+def test_generation_halts_each_position_as_the_parallel_settle_does(tiny_recipe):
+    model, data, _ = learned_model(tiny_recipe, "model.k_max=8")
+    model.eval()
+    with torch.no_grad():
+        model.halting.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+        model.halting.head.bias.zero_()
+        inputs = data.batch(1)["inputs"][:2]
+        want = model(inputs)
+        cache, ks, logits = None, [], []
+        for t in range(inputs.shape[1]):
+            out, k, cache = model.decode_step(inputs[:, t : t + 1], cache)
+            ks.append(k)
+            logits.append(out)
+    assert torch.equal(torch.stack(ks, 1), want.k) and (want.k < 8).any()
+    torch.testing.assert_close(torch.stack(logits, 1), want.logits, rtol=1e-4, atol=1e-5)
