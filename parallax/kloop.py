@@ -7,14 +7,19 @@ graph, so activation memory does not grow with K. Positions are independent (a p
 workspace reads only its own context), so all T positions settle in parallel and a halted
 position's state is frozen while the others continue.
 
-Halted positions stop costing compute: every row's active positions can be gathered into a
-``(B,T')`` working set (T' the most active positions in any row), with their state and
-token-clocked slots, and the frozen steps run on that block alone. A gather happens when the block
-it would give is smaller than ``compact_below`` times the block being computed (the full ``(B,T)``
-at first, then the working set), so its cost is paid a few times per settle, not every step, and
-never for a block that gathering cannot make narrower. This needs the h-clocked experts to accept per-row positions
-(``Expert.gather``); otherwise halted positions are masked, which freezes them but still computes
-them.
+Halted positions cost nothing: once some have halted, the still-active positions of the whole batch
+are packed into one flat list of N queries (B*T flattened, each with its row and its position), with
+their state and token-clocked slots, and the frozen steps run the experts and the workspace on that
+list alone. The workspace step is per position, so it runs on the list as a ``(1,N)`` block; each
+h-clocked expert reads its own row's context up to its own position (``Expert.packs``). The list is
+packed again whenever the active positions fall below ``compact_below`` of it; at the default 1 that
+is every step a position halts, so the position-steps computed (``Settled.work``) are exactly each
+position's frozen steps plus the live steps. A lower ``compact_below`` repacks less often and masks the
+positions that halted in between (they are computed and discarded); 0 never packs. Where an h-clocked
+expert does not accept packed queries, halted positions are masked in the full ``(B,T)`` block.
+
+A halting rule sees, after each frozen step, the raw logits of that step and the last (``(B,T,H,S)``,
+zero at positions not computed in it) and, when it declares ``reads_state``, the state ``h (B,T,d)``.
 """
 from __future__ import annotations
 
@@ -26,27 +31,18 @@ import torch
 
 from .protocols import Expert, HaltingRule, Workspace, WorkspaceState
 
-#: the default of ``model.compact_below``: gather once the working set would be under 3/4 of the block
-COMPACT_BELOW = 0.75
+#: the default of ``model.compact_below``: repack the active positions whenever one halts
+COMPACT_BELOW = 1.0
 
 
 @dataclass
 class Settled:
     h: torch.Tensor  # (B,T,d) settled workspace state
     k: torch.Tensor  # (B,T) K steps used by each position (frozen + live)
-    work: int = 0  # position-steps actually computed (padding of gathered blocks included)
+    work: int = 0  # position-steps actually computed (masked positions included)
     trace: list[torch.Tensor] = field(default_factory=list)  # per step: RMS movement of raw (B,T)
-
-
-def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (B,T,...) and idx (B,T') -> x[b, idx[b, j]] as (B,T',...)."""
-    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
-
-
-def _scatter_rows(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Write src (B,T',...) into a copy of x (B,T,...) at idx where valid (padding entries are dropped)."""
-    src = torch.where(valid.view(*valid.shape, *([1] * (src.dim() - 2))), src, _gather_rows(x, idx))
-    return x.scatter(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]), src)
+    h_frozen: torch.Tensor | None = None  # (B,T,d) the state after the frozen steps, before the live ones
+    memo: dict = field(default_factory=dict)  # what the halting rule kept across steps
 
 
 def settle(
@@ -67,9 +63,10 @@ def settle(
     B, T, _ = x.shape
     token = [(e, c) for e, c in zip(experts, contexts) if e.clock == "token"]
     clocked = [(e, c) for e, c in zip(experts, contexts) if e.clock == "h"]
-    can_gather = all(getattr(e, "gather", False) for e, _ in clocked)
+    can_pack = all(e.packs for e, _ in clocked)
     # ``active`` is optional in the Workspace protocol; the loop masks halted positions either way
     takes_active = "active" in inspect.signature(workspace.step).parameters
+    reads_state = halting is not None and halting.reads_state
 
     # Token-clocked proposals do not depend on h: project their keys/values once, with grad,
     # and reuse them (detached) in every frozen step.
@@ -79,11 +76,14 @@ def settle(
         tok_k, tok_v = workspace.project_slots(slots)  # (B,T,S_tok,H,dh) each
     n_slots = sum(e.slots for e in experts)
 
-    def one_step(state: WorkspaceState, tk, tv, pos, active=None) -> tuple[WorkspaceState, torch.Tensor]:
-        h_eff = workspace.read(state.h)  # (B,T,d)
+    def one_step(state: WorkspaceState, tk, tv, pos, active=None, rows=None) -> tuple[WorkspaceState, torch.Tensor]:
+        h_eff = workspace.read(state.h)  # (B,T,d), or (1,N,d) packed
         ks, vs = ([tk], [tv]) if tk is not None else ([], [])
         if clocked:
-            hslots = torch.cat([e.propose(h_eff, c, pos) for e, c in clocked], dim=2)  # (B,T,S_h,d)
+            if rows is None:
+                hslots = torch.cat([e.propose(h_eff, c, pos) for e, c in clocked], dim=2)  # (B,T,S_h,d)
+            else:
+                hslots = torch.cat([e.propose(h_eff, c, pos, rows=rows) for e, c in clocked], dim=2)  # (1,N,S_h,d)
             hk, hv = workspace.project_slots(hslots)
             ks.append(hk)
             vs.append(hv)
@@ -100,85 +100,88 @@ def settle(
     prev_raw = None
     traces: list[torch.Tensor] = []
     work = 0
-    ws: _WorkingSet | None = None  # the gathered active positions, once halting has thinned the batch
+    pk: _Packed | None = None  # the packed active positions, once halting has thinned the batch
     with torch.no_grad():
         state = WorkspaceState(state.h.detach(), state.cum.detach())
         tk = tok_k.detach() if tok_k is not None else None
         tv = tok_v.detach() if tok_v is not None else None
         for i in range(k_max - live_steps):
-            # the one host sync of a step: the active count, and the widest row (the width a gather would have)
-            n_active, widest = torch.stack([active.sum(), active.sum(1).max()]).tolist()
+            n_active = int(active.sum())  # the one host sync of a step
             if n_active == 0:
                 break
-            block = B * T if ws is None else ws.order.numel()
-            # gather when the new block would be smaller than compact_below of the current one: with rows
-            # unevenly active, a block can be mostly padding and still as narrow as gathering makes it
-            if can_gather and B * widest < compact_below * block:
-                if ws is not None:
-                    state = ws.write_back(state)
-                ws = _WorkingSet.gather(state, tk, tv, positions, active, widest)
-            if ws is None:
+            block = B * T if pk is None else pk.n
+            if can_pack and n_active < compact_below * block:
+                if pk is None:  # the packed steps write into the full state in place: own it first
+                    state = WorkspaceState(state.h.clone(), state.cum.clone())
+                pk = _Packed.gather(state, tk, tv, positions, active)
+                block = n_active
+            if pk is None:
                 new, raw = one_step(state, tk, tv, positions, active)
                 m = active[..., None]
                 state = WorkspaceState(torch.where(m, new.h, state.h), torch.where(m[..., None], new.cum, state.cum))
-                work += B * T
             else:
-                raw = ws.step(one_step, active)
-                work += ws.order.numel()
+                raw = pk.step(one_step, state, active, takes_mask=n_active < block)
+            work += block
             steps += active.long()
             if trace and prev_raw is not None:
                 traces.append(movement(raw, prev_raw))
             if halting is not None:
-                active = active & ~halting.update(raw, prev_raw, memo, i + 1)
+                halt = (halting.update(raw, prev_raw, memo, i + 1, h=state.h) if reads_state
+                        else halting.update(raw, prev_raw, memo, i + 1))
+                active = active & ~halt
             prev_raw = raw
-        if ws is not None:
-            state = ws.write_back(state)
+    h_frozen = state.h
     for _ in range(live_steps):
         state, raw = one_step(state, tok_k, tok_v, positions)
         work += B * T
         if trace and prev_raw is not None:
             traces.append(movement(raw.detach(), prev_raw))
         prev_raw = raw.detach()
-    return Settled(h=state.h, k=steps + live_steps, work=work, trace=traces)
+    return Settled(h=state.h, k=steps + live_steps, work=work, trace=traces, h_frozen=h_frozen, memo=memo)
 
 
 @dataclass
-class _WorkingSet:
-    """Each row's active positions, gathered into ``(B,T')`` with their state and token-clocked slots."""
+class _Packed:
+    """The active positions of the whole batch as one flat list of N, with their state and token slots.
 
-    order: torch.Tensor  # (B,T') indices into T; each row's active positions first, then padding
-    valid: torch.Tensor  # (B,T') False on padding
-    h: torch.Tensor  # (B,T',d)
-    cum: torch.Tensor  # (B,T',H,S)
-    tk: torch.Tensor | None  # (B,T',S_tok,H,dh)
+    Tensors keep a leading batch dimension of 1, so ``(1,N,...)`` blocks pass through the workspace
+    as a batch of one sequence of N positions; ``rows`` and ``pos`` say where each came from."""
+
+    idx: torch.Tensor  # (N,) flat indices b*T + t into the batch, ascending (so grouped by row)
+    rows: torch.Tensor  # (N,) batch row of each
+    pos: torch.Tensor  # (N,) absolute position of each
+    h: torch.Tensor  # (1,N,d)
+    cum: torch.Tensor  # (1,N,H,S)
+    tk: torch.Tensor | None  # (1,N,S_tok,H,dh)
     tv: torch.Tensor | None
-    pos: torch.Tensor  # (B,T') absolute positions
+
+    @property
+    def n(self) -> int:
+        return self.idx.numel()
 
     @classmethod
-    def gather(cls, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor,
-               width: int) -> "_WorkingSet":
-        counts = active.sum(1)  # (B,)
-        # a stable sort puts each row's active positions first, in order; the tail is padding
-        order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B,T')
-        valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]  # (B,T')
-        return cls(order, valid, _gather_rows(state.h, order), _gather_rows(state.cum, order),
-                   _gather_rows(tk, order) if tk is not None else None,
-                   _gather_rows(tv, order) if tv is not None else None, positions[order])
-
-    def step(self, one_step, active: torch.Tensor) -> torch.Tensor:
-        """One frozen step of the working set; returns raw in the full ``(B,T,H,S)`` layout (0 where halted)."""
-        run = _gather_rows(active, self.order) & self.valid  # (B,T') still settling
-        new, raw = one_step(WorkspaceState(self.h, self.cum), self.tk, self.tv, self.pos, run)
-        m = run[..., None]
-        self.h = torch.where(m, new.h, self.h)
-        self.cum = torch.where(m[..., None], new.cum, self.cum)
+    def gather(cls, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor) -> "_Packed":
         B, T = active.shape
-        full = raw.new_zeros(B, T, *raw.shape[2:])  # (B,T,H,S)
-        return _scatter_rows(full, self.order, run, raw)
+        idx = active.reshape(-1).nonzero().squeeze(1)  # (N,)
+        take = lambda t: t.flatten(0, 1).index_select(0, idx)[None] if t is not None else None  # noqa: E731
+        return cls(idx, idx // T, positions[idx % T], take(state.h), take(state.cum), take(tk), take(tv))
 
-    def write_back(self, state: WorkspaceState) -> WorkspaceState:
-        return WorkspaceState(_scatter_rows(state.h, self.order, self.valid, self.h),
-                              _scatter_rows(state.cum, self.order, self.valid, self.cum))
+    def step(self, one_step, state: WorkspaceState, active: torch.Tensor, takes_mask: bool) -> torch.Tensor:
+        """One frozen step of the list, written into ``state`` in place; returns raw in the full
+        ``(B,T,H,S)`` layout (0 at positions not in the list)."""
+        run = active.reshape(-1).index_select(0, self.idx)[None] if takes_mask else None  # (1,N) still settling
+        new, raw = one_step(WorkspaceState(self.h, self.cum), self.tk, self.tv, self.pos, run, self.rows)
+        if run is None:
+            self.h, self.cum = new.h, new.cum
+        else:  # positions that halted since the last packing keep their state
+            self.h = torch.where(run[..., None], new.h, self.h)
+            self.cum = torch.where(run[..., None, None], new.cum, self.cum)
+            raw = raw * run[..., None, None]
+        B, T = active.shape
+        state.h.view(B * T, -1).index_copy_(0, self.idx, self.h[0])
+        state.cum.view(B * T, *self.cum.shape[2:]).index_copy_(0, self.idx, self.cum[0])
+        full = raw.new_zeros(B * T, *raw.shape[2:])  # (B*T,H,S)
+        return full.index_copy_(0, self.idx, raw[0]).view(B, T, *raw.shape[2:])
 
 
 def movement(raw: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:

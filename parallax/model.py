@@ -85,9 +85,10 @@ class CWSModel(Model):
         k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
         compact_below: float = Field(
             COMPACT_BELOW, ge=0, le=1,
-            description="gather each row's still-settling positions and run the K steps on them alone once "
-            "that block would be smaller than this fraction of the one being computed, and again as more "
-            "halt (0 never gathers: halted positions are only masked)",
+            description="pack the still-settling positions of the whole batch into one list and run the frozen "
+            "K steps on it alone once they are fewer than this fraction of the block being computed, and again "
+            "as more halt (1: whenever one halts, so exactly the frozen steps are computed; 0 never packs: "
+            "halted positions are only masked)",
         )
         halting: Component("halting_rules") = Field(  # type: ignore[valid-type]
             description="when a position stops its K loop")
@@ -114,7 +115,9 @@ class CWSModel(Model):
                                      for i, e in enumerate(cfg.experts))
         self.workspace = build_component("workspaces", cfg.workspace, d, info, registry, "model.workspace")
         with at_path(cfg.halting.type, "model.halting"):
-            self.halting = registry.get("halting_rules", cfg.halting.type)(cfg.halting)
+            rule = registry.get("halting_rules", cfg.halting.type)
+            # a rule with parameters is an nn.Module: assigned here it is a submodule, trained and saved
+            self.halting = rule(cfg.halting, d) if issubclass(rule, nn.Module) else rule(cfg.halting)
         self.decoder = build_component("decoders", cfg.decoder, d, info, registry, "model.decoder")
         self.decoder.tie(self.encoder.tied_weight)
         self.k_max = cfg.k_max
@@ -144,6 +147,10 @@ class CWSModel(Model):
                      k_max or self.k_max, self.live_steps, trace=trace, compact_below=self.cfg.compact_below)
         logits = self.decoder(res.h)
         stats: dict[str, Any] = {"work": res.work}
+        if self.training and self.halting is not None:
+            aux = self.halting.loss(res.memo, res.h_frozen, self.decoder)
+            if aux is not None:  # the trainer adds it to the task loss
+                stats["aux_loss"] = aux
         if trace:
             stats["trace"] = res.trace
         return ModelOutput(logits=logits, k=res.k, stats=stats)

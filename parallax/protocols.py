@@ -113,6 +113,11 @@ class Expert(nn.Module):
       and must agree with ``context`` at that position.
     - ``propose(h_eff, ctx, positions)`` returns ``(B,T,S_e,d)`` for the query positions
       ``positions (T,)`` (absolute indices into the sequence). Token-clocked experts ignore ``h_eff``.
+    - packed queries, for an h-clocked expert that sets ``packs``: ``propose(h_eff (1,N,d), ctx,
+      positions (N,), rows=rows (N,))`` returns ``(1,N,S_e,d)`` for N queries of the whole batch, query n
+      at absolute position ``positions[n]`` of batch row ``rows[n]`` (rows ascending), reading that
+      row's context up to that position. The K loop runs its frozen steps on the still-active
+      positions packed this way, so halted positions cost nothing; without ``packs`` it masks them.
 
     A position's proposals may depend only on observations at positions <= its own (causality).
 
@@ -123,9 +128,8 @@ class Expert(nn.Module):
 
     Config: ClassVar[type[Spec]]
     clock: ClassVar[Clock] = "h"
-    #: an h-clocked expert sets this when ``propose`` also accepts ``positions (B,T')``: a different
-    #: set of query positions per row, which the K loop uses to skip halted positions
-    gather: ClassVar[bool] = False
+    #: an h-clocked expert sets this when ``propose`` also accepts packed queries (``rows=``, above)
+    packs: ClassVar[bool] = False
     slots: int
 
     def context(self, x: torch.Tensor) -> Any:  # x (B,T,d)
@@ -197,20 +201,33 @@ class MotorDecoder(nn.Module):
 
 
 class HaltingRule:
-    """Decides, per position, when the K loop stops. Rules are stateless objects; the loop owns state.
+    """Decides, per position, when the K loop stops. The loop owns the state of one settle (``memo``).
 
     ``update(raw, prev_raw, memo, k)`` receives the raw logits of step k and k-1 ``(B,T,H,S)`` and a
     memo dict it may fill; it returns a bool mask ``(B,T)`` of positions that halt after step k.
     A rule must be elementwise over positions, so positions halt independently.
+
+    Optional, for a rule that learns:
+    - ``reads_state = True``: ``update`` also receives ``h=`` the state after step k ``(B,T,d)`` (a
+      buffer the loop may overwrite in place: clone what is kept in ``memo``);
+    - the rule subclasses ``nn.Module`` as well; the model then builds it as ``cls(cfg, d_model)`` and
+      registers it as its submodule ``halting``, so its parameters train and are saved with the model;
+    - ``loss(memo, h_frozen, decode)``: called by the model after each training forward with the memo
+      of that settle, the state after the frozen steps ``h_frozen (B,T,d)`` and the model's decoder
+      (``decode(h) -> logits``); a tensor it returns is added to the task loss (``stats["aux_loss"]``).
     """
 
     Config: ClassVar[type[Spec]]
+    reads_state: ClassVar[bool] = False
 
     def __init__(self, cfg: Spec):
         self.cfg = cfg
 
     def update(self, raw: torch.Tensor, prev_raw: torch.Tensor | None, memo: dict, k: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def loss(self, memo: dict, h_frozen: torch.Tensor, decode) -> torch.Tensor | None:
+        return None
 
 
 class Tokenizer:

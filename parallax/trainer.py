@@ -153,7 +153,7 @@ class Trainer:
             raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; nothing was saved; the newest "
                                 f"checkpoint is {saved}; {fix}, then resume from it with train.resume=auto")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss + out.stats.get("aux_loss", 0)).backward()  # aux_loss: e.g. a learned halting head
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

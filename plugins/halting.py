@@ -1,4 +1,5 @@
-"""Halting rules: ``momentum`` (the seed's raw-momentum saturation readout) and ``fixed`` (always k_max).
+"""Halting rules: ``momentum`` (the seed's raw-momentum saturation readout), ``learned`` (a halting head
+trained with the model to predict that more steps will not change the answer) and ``fixed`` (always k_max).
 
 Seed 001 §04: "Equilibrium is detected via a raw-momentum readout - not by chasing the difference
 between successive hidden states to zero." The movement m_k = RMS(raw_k - raw_{k-1}) over heads
@@ -8,8 +9,12 @@ once m_k < abs_tol. Every test is elementwise over positions, so positions halt 
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 import parallax
 
@@ -33,6 +38,83 @@ class MomentumHalting(parallax.HaltingRule):
         return halt & (k >= self.cfg.k_min)
 
 
+class LearnedHalting(parallax.HaltingRule, nn.Module):
+    """A halting head on the state, trained with the model to predict "stopping now gives the answer that
+    the whole budget gives"; a position halts once the head is confident of it.
+
+    The head reads ``p_k = sigmoid(w · RMSNorm(h_k) + b)`` ``(B,T)`` after each frozen step k and halts a
+    position when ``p_k >= threshold`` (and ``k >= k_min``), in training and in inference alike.
+
+    Why this target, and not ACT/PonderNet or HRM's Q-halting: the K loop runs its frozen steps under
+    ``no_grad`` and keeps no state from them, so training memory does not grow with K. PonderNet's loss,
+    ``sum_k p(halt at k) * L_k + beta * KL(p || geometric)``, needs the task loss L_k of every step with a
+    graph through every halting probability: K decoder passes and K states kept, the memory the loop
+    exists to avoid (ACT's ponder cost needs the same graph through the halting units). HRM's Q-halting
+    bootstraps its "continue" value from the next segment and labels "halt" with the correctness of the
+    answer, which needs the targets inside the model and a pass per segment. Here the label comes from
+    the frozen trajectory itself, as CALM labels its early exits by consistency with the full model
+    (Schuster et al. 2022, "Confident Adaptive Language Modeling"): one step j of each training settle
+    is kept (reservoir-sampled, so each frozen step is equally likely, without knowing the budget), and
+    ``y = [argmax decode(h_j) == argmax decode(h_frozen)]`` per position, with ``h_frozen`` the state
+    after all frozen steps. The loss is the BCE of the head at ``h_j`` against y. Memory stays O(1) in
+    K (one kept state ``(B,T,d)``); the cost is two decoder passes under ``no_grad`` per training batch.
+    The head's input is detached, so its loss trains the head only, never the workspace.
+
+    Censoring: a position that halts early never shows what later steps would have said, and labels
+    from its truncated trajectory would call any early stop "consistent", reinforcing it. So in training
+    a fraction ``explore`` of positions ignores the head and runs the batch's whole budget, and only
+    those positions label the head (the exploration of HRM's halting, used here for unbiased labels).
+
+    Deep start: the head's weight starts at 0 and its bias at ``init_bias`` (-4: p = 0.018 everywhere),
+    so at first no position halts and every one runs to k_max; the head learns where stopping is safe.
+    """
+
+    reads_state = True
+
+    class Config(parallax.Spec):
+        type: str = "learned"
+        threshold: float = Field(0.8, gt=0, lt=1, description="halt when the head's probability that more "
+                                 "steps would not change the answer reaches this")
+        init_bias: float = Field(-4.0, description="initial bias of the halting logit (negative: a deep start)")
+        k_min: int = Field(1, ge=1, description="no position halts before this many steps")
+        explore: float = Field(0.25, ge=0, le=1, description="fraction of positions that, in training, run the "
+                               "whole budget and label the head")
+        weight: float = Field(1.0, ge=0, description="weight of the head's loss beside the task loss")
+
+    def __init__(self, cfg: Config, d_model: int):
+        nn.Module.__init__(self)
+        parallax.HaltingRule.__init__(self, cfg)
+        self.head = nn.Linear(d_model, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, cfg.init_bias)
+
+    def logit(self, h: torch.Tensor) -> torch.Tensor:
+        """The halting logit ``(B,T)`` of states ``h (B,T,d)``."""
+        return self.head(F.rms_norm(h, h.shape[-1:])).squeeze(-1)
+
+    def update(self, raw, prev_raw, memo, k, h=None):
+        t = self.cfg.threshold
+        halt = (self.logit(h) >= math.log(t / (1 - t))) & (k >= self.cfg.k_min)  # (B,T) p >= threshold
+        if not self.training:
+            return halt
+        if "explore" not in memo:
+            memo["explore"] = torch.rand(h.shape[:2], device=h.device) < self.cfg.explore  # (B,T)
+        if int(torch.randint(k, ())) == 0:  # keep step k with probability 1/k: each step seen is equally likely
+            memo["kept"] = h.clone()  # the loop overwrites h in place
+        return halt & ~memo["explore"]
+
+    def loss(self, memo, h_frozen, decode):
+        if "kept" not in memo or not memo["explore"].any():  # no frozen step, or no position explored
+            # a zero that still reaches the head, so that every parameter has a gradient each step (DDP)
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        with torch.no_grad():
+            same = decode(memo["kept"]).argmax(-1) == decode(h_frozen).argmax(-1)  # (B,T), or (B,) for a classifier
+            same = same.expand(memo["explore"].shape) if same.dim() == 2 else same[:, None].expand_as(memo["explore"])
+        z = self.logit(memo["kept"])  # (B,T) with a graph through the head only
+        labelled = memo["explore"]
+        return self.cfg.weight * F.binary_cross_entropy_with_logits(z[labelled], same[labelled].to(z.dtype))
+
+
 class FixedHalting(parallax.HaltingRule):
     class Config(parallax.Spec):
         type: str = "fixed"
@@ -44,4 +126,5 @@ class FixedHalting(parallax.HaltingRule):
 @parallax.hookimpl
 def register_halting_rules(register):
     register("momentum", MomentumHalting)
+    register("learned", LearnedHalting)
     register("fixed", FixedHalting)

@@ -111,7 +111,7 @@ def _adaptive_limits(k_maps: list[torch.Tensor], live_steps: int, k_max: int) ->
 
     ``a_at_k_max``: the share of positions that run to k_max. ``position_steps_row_bound``: the
     position-steps per token if every row were gathered to its own active positions at every step,
-    the least a ``(B,T')`` working set can compute.
+    the least a per-row ``(B,T')`` working set could compute (the packed K loop computes the mean K).
     """
     at_k_max = bound = total = 0
     for k in k_maps:  # (B,T)

@@ -14,6 +14,8 @@ Checks, by the name ``skip`` takes:
 - h_locality: the proposal at t reads ``h_eff`` at t only (positions settle independently).
 - incremental: ``context_step`` then ``propose``, one position at a time, equals ``context`` then
   ``propose`` over all positions.
+- packed: for an h-clocked expert that sets ``packs``, packed queries (``rows=``; rows unevenly
+  filled, one left out when there are more than 2) give the proposals of the same rows and positions.
 - state_dict, safetensors, autocast, no_grad_then_live: the shared checks of ``conformance``.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .conformance import (
     randn, require, require_causal, start,
 )
 
-CHECKS = ("protocol", "shapes", "dtypes", "clock", "causality", "h_locality", "incremental")
+CHECKS = ("protocol", "shapes", "dtypes", "clock", "causality", "h_locality", "incremental", "packed")
 
 
 def assert_expert_conforms(
@@ -160,12 +162,35 @@ def assert_expert_conforms(
                               f"from the parallel path (context, then propose){diff}; context_step must carry in its "
                               f"cache what context reads from earlier positions")
 
+    def packed() -> None:
+        if not (uses_h and getattr(probe, "packs", False)):
+            return
+        m = build(0)
+        x, h, positions = example()
+        g = torch.Generator().manual_seed(3)
+        active = torch.rand(B, T, generator=g) < 0.5  # (B,T) the queries, unevenly across rows
+        active[0, -1] = active[-1, 0] = True
+        if B > 2:
+            active[1] = False  # a row with no query
+        rows, pos = (t.to(dev) for t in active.nonzero(as_tuple=True))  # rows ascending
+        with torch.no_grad():
+            ctx = m.context(x)
+            want = m.propose(h, ctx, positions)[rows, pos]  # (N,S_e,d)
+            got = m.propose(h[rows, pos][None], ctx, pos, rows=rows)
+        require(tuple(got.shape) == (1, rows.numel(), slots, d),
+                f"packed queries returned shape {tuple(got.shape)}; expected {(1, rows.numel(), slots, d)}")
+        diff = differs(got[0], want, rtol, atol)
+        require(diff is None, f"packed queries (propose(h_eff (1,N,d), ctx, positions (N,), rows=rows)) differ from "
+                              f"the proposals at the same rows and positions{diff}; each query must read its own "
+                              f"row's context up to its own position, or leave packs unset")
+
     report.check("shapes", shapes)
     report.check("dtypes", lambda: check_dtypes(s, "propose"))
     report.check("clock", clock_)
     report.check("causality", causality)
     report.check("h_locality", h_locality)
     report.check("incremental", incremental)
+    report.check("packed", packed)
     check_shared(report, s, rtol, atol)
 
 

@@ -27,7 +27,7 @@ from parallax_kernels.covariance_attention import covariance_attention
 
 class AttentionProbe(parallax.Expert):
     clock = "h"
-    gather = True
+    packs = True
 
     class Config(parallax.Spec):
         type: str = "attention_probe"
@@ -52,8 +52,8 @@ class AttentionProbe(parallax.Expert):
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         self.variant, self.block = cfg.variant, cfg.block
         # the streaming covariance kernel takes one row of query positions, so the K loop masks
-        # halted positions for that variant instead of gathering them
-        self.gather = cfg.variant == "softmax"
+        # halted positions for that variant instead of packing them
+        self.packs = cfg.variant == "softmax"
         if cfg.variant == "covariance":
             self.r_proj = nn.Linear(d_model, cfg.slots * d_model, bias=False)
             nn.init.zeros_(self.r_proj.weight)  # r = 0: exact softmax attention at the start
@@ -75,25 +75,50 @@ class AttentionProbe(parallax.Expert):
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         return (k, v), (k, v)
 
-    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor) -> torch.Tensor:
+    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """h_eff (B,Tq,d) at positions (Tq,) -> (B,Tq,S,d); or packed: h_eff (1,N,d), query n at
+        positions[n] of batch row rows[n] (rows ascending) -> (1,N,S,d)."""
         k, v = ctx  # (B,Hp,Tk,dh)
         B, Tq, d = h_eff.shape
         q = self.q_proj(h_eff).view(B, Tq, self.slots, self.heads, self.dh)  # (B,Tq,S,Hp,dh)
         q = q.permute(0, 3, 2, 1, 4).reshape(B, self.heads * self.slots, Tq, self.dh)  # (B,Hp*S,Tq,dh)
-        # positions (Tq,) for every row, or (B,Tq) when the K loop has gathered each row's active positions
-        cos, sin = parallax.rope_angles(positions.reshape(-1), self.dh, self.base)
-        cos, sin = cos.view(*positions.shape, -1), sin.view(*positions.shape, -1)  # (...,Tq,dh/2)
-        if positions.dim() == 2:
-            cos, sin = cos[:, None], sin[:, None]  # (B,1,Tq,dh/2) broadcasts over heads
+        cos, sin = parallax.rope_angles(positions, self.dh, self.base)  # (Tq,dh/2)
         q = parallax.apply_rope(q, cos, sin)
-        if self.variant == "covariance":
+        if rows is not None:
+            out = _attend_packed(q[0], k, v, positions, rows)[None]  # (1,Hp*S,N,dh)
+        elif self.variant == "covariance":
             r = self.r_proj(h_eff).view(B, Tq, self.slots, self.heads, self.dh)  # (B,Tq,S,Hp,dh)
             r = parallax.apply_rope(r.permute(0, 3, 2, 1, 4).reshape(B, self.heads * self.slots, Tq, self.dh), cos, sin)
             out = covariance_attention(q, k, v, r, positions, block=self.block)  # (B,Hp*S,Tq,dh)
         else:
-            mask = torch.arange(k.shape[2], device=q.device) <= positions[..., None]  # (...,Tq,Tk) causal
-            if positions.dim() == 2:
-                mask = mask[:, None]  # (B,1,Tq,Tk)
+            mask = torch.arange(k.shape[2], device=q.device) <= positions[:, None]  # (Tq,Tk) causal
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B,Hp*S,Tq,dh)
         out = out.view(B, self.heads, self.slots, Tq, self.dh).permute(0, 3, 2, 1, 4).reshape(B, Tq, self.slots, d)
         return self.o_proj(out)  # (B,Tq,S,d)
+
+
+def _attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                   rows: torch.Tensor) -> torch.Tensor:
+    """Packed queries q (G,N,dh) (G = Hp*S query heads), query n of batch row rows[n] at positions[n],
+    against each row's keys and values k, v (B,Hp,Tk,dh) -> (G,N,dh).
+
+    Every projection around this runs on the N queries alone; only the attention itself lays them
+    out per row, ``(B',G,W,dh)`` for the B' rows that have queries and W the most queries of any row,
+    so that SDPA reads each query's own row up to its own position."""
+    B = k.shape[0]
+    counts = torch.bincount(rows, minlength=B)  # (B,) queries per row
+    width, empty = torch.stack([counts.max(), (counts == 0).sum()]).tolist()
+    if empty:  # leave out the rows with no query: their keys would be read for nothing
+        present = counts > 0
+        rows = (present.cumsum(0) - 1)[rows]  # (N,) index among the present rows
+        k, v, counts = k[present], v[present], counts[present]
+    start = counts.cumsum(0) - counts  # (B',) first query of each row
+    col = torch.arange(rows.numel(), device=q.device) - start[rows]  # (N,) slot of each query in its row
+    qp = q.new_zeros(k.shape[0], q.shape[0], width, q.shape[-1])  # (B',G,W,dh)
+    qp[rows, :, col] = q.transpose(0, 1)
+    pos = positions.new_zeros(k.shape[0], width)  # (B',W) padding attends to key 0, and is dropped
+    pos[rows, col] = positions
+    mask = torch.arange(k.shape[2], device=q.device) <= pos[..., None]  # (B',W,Tk) causal, per query
+    out = F.scaled_dot_product_attention(qp, k, v, attn_mask=mask[:, None], enable_gqa=True)  # (B',G,W,dh)
+    return out[rows, :, col].transpose(0, 1)  # (G,N,dh)

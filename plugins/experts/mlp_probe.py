@@ -10,7 +10,7 @@ import parallax
 
 class MLPProbe(parallax.Expert):
     clock = "h"
-    gather = True  # position-wise: any layout of query positions works
+    packs = True  # position-wise: packed queries need nothing but h_eff
 
     class Config(parallax.Spec):
         type: str = "mlp_probe"
@@ -22,5 +22,5 @@ class MLPProbe(parallax.Expert):
         self.slots = cfg.slots
         self.net = nn.Sequential(nn.Linear(d_model, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.slots * d_model))
 
-    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor) -> torch.Tensor:
+    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor, rows=None) -> torch.Tensor:
         return self.net(h_eff).unflatten(-1, (self.slots, h_eff.shape[-1]))  # (B,T,S,d)

@@ -16,7 +16,7 @@ import parallax
 
 class Siren(parallax.Expert):
     clock = "h"
-    gather = True  # position-wise: any layout of query positions works
+    packs = True  # position-wise: packed queries need nothing but h_eff
 
     class Config(parallax.Spec):
         type: str = "siren"
@@ -36,7 +36,7 @@ class Siren(parallax.Expert):
                 lin.weight.uniform_(-bound, bound)
         self.out = nn.Linear(cfg.hidden, cfg.slots * d_model)
 
-    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor) -> torch.Tensor:
+    def propose(self, h_eff: torch.Tensor, ctx, positions: torch.Tensor, rows=None) -> torch.Tensor:
         z = h_eff
         for lin in self.sines:
             z = torch.sin(self.omega * lin(z))  # (B,T,hidden)

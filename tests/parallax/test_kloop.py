@@ -130,32 +130,75 @@ def test_evaluation_always_uses_k_max(tiny_recipe):
         assert model(data.batch(1)["inputs"]).k.eq(4).all()
 
 
-def test_gathering_active_positions_changes_nothing_but_the_work(tiny_recipe):
+class HaltEach(parallax.HaltingRule):
+    """Halts each position after its own step ``stop (B,T)``."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def update(self, raw, prev_raw, memo, k):
+        return self.stop == k
+
+
+def _uneven_stops(B, T, k_max, seed=0):
+    """Each position its own halting step in 1..k_max-1 (some never halt), unevenly across rows."""
+    g = torch.Generator().manual_seed(seed)
+    stop = torch.randint(1, k_max + 2, (B, T), generator=g)
+    stop[0] = k_max + 5  # one row never halts: a per-row gather could not narrow the block at all
+    return stop
+
+
+def _double(tiny_recipe):
     model, data = tiny_model(tiny_recipe)
-    # float64: the gathered and masked blocks have other shapes, so float32 kernels may round differently
+    # float64: the packed and masked blocks have other shapes, so float32 kernels may round differently
     model.double().eval()
     inputs = data.batch(1)["inputs"]
-    T = inputs.shape[1]
-    mask = torch.arange(T) % 4 != 0  # three quarters halt after step 2
     x = model.encoder(inputs)
-    pos = torch.arange(T)
     ctx = [e.context(x) for e in model.experts]
+    return model, x, ctx, inputs
+
+
+def test_packing_active_positions_changes_nothing_but_the_work(tiny_recipe):
+    model, x, ctx, _ = _double(tiny_recipe)
+    B, T, _ = x.shape
+    k_max = 7
+    stop = _uneven_stops(B, T, k_max)
+    pos = torch.arange(T)
     with torch.no_grad():
-        masked = settle(model.workspace, model.experts, ctx, x, pos, HaltAt(mask, 2), 7, 1, compact_below=0.0)
-        gathered = settle(model.workspace, model.experts, ctx, x, pos, HaltAt(mask, 2), 7, 1, compact_below=1.0)
-    assert torch.equal(masked.k, gathered.k)
-    torch.testing.assert_close(gathered.h, masked.h, rtol=1e-10, atol=1e-12)
-    B = inputs.shape[0]
-    assert masked.work == 7 * B * T
-    n_live = int((~mask).sum())  # positions still settling after step 2, the same in every row
-    assert gathered.work == 2 * B * T + 4 * B * n_live + B * T  # steps 3..6 run on those alone
+        masked = settle(model.workspace, model.experts, ctx, x, pos, HaltEach(stop), k_max, 1, compact_below=0.0)
+        packed = settle(model.workspace, model.experts, ctx, x, pos, HaltEach(stop), k_max, 1, compact_below=1.0)
+        half = settle(model.workspace, model.experts, ctx, x, pos, HaltEach(stop), k_max, 1, compact_below=0.8)
+    frozen = stop.clamp(max=k_max - 1)  # each position's frozen steps
+    assert torch.equal(masked.k, frozen + 1) and torch.equal(packed.k, masked.k) and torch.equal(half.k, masked.k)
+    torch.testing.assert_close(packed.h, masked.h, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(half.h, masked.h, rtol=1e-10, atol=1e-12)  # repacked less often, halted ones masked
+    torch.testing.assert_close(packed.h_frozen, masked.h_frozen, rtol=1e-10, atol=1e-12)
+    assert masked.work == k_max * B * T
+    # exactly each position's frozen steps, plus the live step of every position
+    assert packed.work == int(frozen.sum()) + B * T == int(packed.k.sum())
+    assert packed.work < half.work < masked.work
 
 
-def test_experts_without_gather_fall_back_to_masking(tiny_recipe):
+def test_packed_settle_passes_the_gradient_of_the_live_step(tiny_recipe):
+    model, x, _, inputs = _double(tiny_recipe)
+    B, T, _ = x.shape
+    stop = _uneven_stops(B, T, 5, seed=1)
+    grads = []
+    for c in (0.0, 1.0):  # masked, packed
+        model.zero_grad()
+        x = model.encoder(inputs)
+        ctx = [e.context(x) for e in model.experts]
+        res = settle(model.workspace, model.experts, ctx, x, torch.arange(T), HaltEach(stop), 5, 1, compact_below=c)
+        res.h.pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-10)
+
+
+def test_experts_without_packing_fall_back_to_masking(tiny_recipe):
     model, data = tiny_model(tiny_recipe)
     model.eval()
     probe = next(e for e in model.experts if e.clock == "h")
-    probe.gather = False  # as an expert that does not accept per-row positions
+    probe.packs = False  # as an expert that does not accept packed queries
     inputs = data.batch(1)["inputs"]
     mask = torch.arange(inputs.shape[1]) % 4 != 0
     x = model.encoder(inputs)
@@ -165,33 +208,36 @@ def test_experts_without_gather_fall_back_to_masking(tiny_recipe):
     assert res.work == 7 * inputs.numel()
 
 
-def test_a_block_is_gathered_only_when_gathering_narrows_it(tiny_recipe, monkeypatch):
+def test_the_list_is_repacked_once_it_falls_below_compact_below(tiny_recipe, monkeypatch):
     import parallax.kloop as kloop
 
     model, data = tiny_model(tiny_recipe)
     model.eval()
     inputs = data.batch(1)["inputs"]
     B, T = inputs.shape
-    gathers = []
-    real = kloop._WorkingSet.gather.__func__
-    monkeypatch.setattr(kloop._WorkingSet, "gather",
-                        classmethod(lambda cls, *a: gathers.append(a[-1]) or real(cls, *a)))
+    P = B * T
+    packs = []
+    real = kloop._Packed.gather.__func__
+    monkeypatch.setattr(kloop._Packed, "gather",
+                        classmethod(lambda cls, *a: packs.append(int(a[-1].sum())) or real(cls, *a)))
     x = model.encoder(inputs)
     ctx = [e.context(x) for e in model.experts]
+    # a quarter of the positions halt after step 2, another quarter after step 3
+    stop = torch.full((B, T), 99)
+    flat = stop.view(-1)
+    flat[0::4], flat[1::4] = 2, 3
+    n3 = int((stop == 99).sum())  # still settling after step 3
+    n2 = n3 + int((stop == 3).sum())  # after step 2
 
-    def run(mask):
-        gathers.clear()
+    def run(c):
+        packs.clear()
         with torch.no_grad():
-            return settle(model.workspace, model.experts, ctx, x, torch.arange(T), HaltAt(mask, 2), 7, 1,
-                          compact_below=0.75)
+            return settle(model.workspace, model.experts, ctx, x, torch.arange(T), HaltEach(stop), 7, 1,
+                          compact_below=c)
 
-    # every row keeps a quarter of its positions: one gather to that width, kept to the end
-    even = (torch.arange(T) % 4 != 0).expand(B, T)
-    n_live = int((~even[0]).sum())
-    res = run(even)
-    assert gathers == [n_live] and res.work == 2 * B * T + 4 * B * n_live + B * T
-    # one row stays fully active, so no gather can narrow the block: none happens, every step masks
-    uneven = even.clone()
-    uneven[0] = False
-    res = run(uneven)
-    assert gathers == [] and res.work == 7 * B * T
+    res = run(1.0)  # whenever one halts
+    assert packs == [n2, n3] and res.work == 2 * P + n2 + 3 * n3 + P == int(res.k.sum())
+    res = run(0.6)  # 3/4 active is not below 0.6 of the block; 1/2 is
+    assert packs == [n3] and res.work == 3 * P + 3 * n3 + P
+    res = run(0.0)  # never: every step masks
+    assert packs == [] and res.work == 7 * P

@@ -101,3 +101,24 @@ def test_memory_bank_ablation_drops_entries_and_restores_them():
         torch.testing.assert_close(e.context(x), full)
     assert (part - full).abs().max() > 1e-4
     assert "keep" not in e.state_dict()  # an ablation is never saved with a checkpoint
+
+
+@pytest.mark.parametrize("name", ["attention_probe", "mlp_probe", "siren"])
+def test_packed_queries_read_their_own_row_up_to_their_own_position(name):
+    probe = make(name).double()
+    x = torch.randn(B + 1, T, D, dtype=torch.float64)
+    h_eff = torch.randn(B + 1, T, D, dtype=torch.float64)
+    ctx = probe.context(x)
+    dense = probe.propose(h_eff, ctx, torch.arange(T))  # (B+1,T,S,d) every position of every row
+    # an uneven set of queries, with row 1 left out entirely
+    active = torch.rand(B + 1, T) < 0.5
+    active[1] = False
+    active[0, -1] = True
+    rows, pos = active.nonzero(as_tuple=True)  # ascending rows
+    packed = probe.propose(h_eff[rows, pos][None], ctx, pos, rows=rows)  # (1,N,S,d)
+    assert probe.packs and packed.shape == (1, rows.numel(), *dense.shape[2:])
+    torch.testing.assert_close(packed[0], dense[rows, pos], rtol=1e-10, atol=1e-12)
+
+
+def test_covariance_probe_does_not_pack():
+    assert not make("attention_probe", variant="covariance").packs and make("attention_probe").packs

@@ -20,13 +20,14 @@ def test_bench_halting_reports_the_three_settings(tiny_recipe, capsys):
     # fixed K computes every position at every step; the adaptive run never does more than that
     assert c["position_steps_per_token"] == k_max and c["k_mean"] == k_max
     assert b["position_steps_per_token"] == b["k_budget"]
-    assert a["k_mean"] <= a["position_steps_per_token"] <= k_max
+    # the active positions are packed: (a) computes exactly the steps its positions take, no padding
+    assert a["position_steps_per_token"] == pytest.approx(a["k_mean"], abs=1e-3)
     # a batch's K loop runs until its slowest position halts; fixed K runs exactly the budget
     assert c["iterations_per_k_loop"] == k_max and b["iterations_per_k_loop"] == b["k_budget"]
     assert a["k_mean"] <= a["iterations_per_k_loop"] <= k_max
     assert out["a_over_b_lockstep"] == round(a["iterations_per_k_loop"] / b["k_budget"], 3)
-    # the per-row gather bound lies between the mean K and what (a) computed
-    assert a["k_mean"] <= out["position_steps_row_bound"] <= a["position_steps_per_token"] + 1e-9
+    # a per-row gather, padded to each step's busiest row, could only compute more
+    assert out["position_steps_row_bound"] >= a["position_steps_per_token"] - 1e-3
     assert 0 <= out["a_at_k_max"] <= 1
     assert out["a_over_b"] > 0 and out["c_over_a_floor"] == round(k_max / out["m"] * 0.7, 3)
 

@@ -121,9 +121,25 @@ class LaxConfig(RunningMean):
         slots: int = 2
 
 
+class PacksRunningMean(RunningMean):
+    """Correct, and accepts packed queries: query n reads row rows[n]'s mean up to positions[n]."""
+
+    packs = True
+
+    def propose(self, h_eff, ctx, positions, rows=None):
+        c = ctx if rows is None else ctx[rows, positions][None]  # (B,T,d) or (1,N,d)
+        return self.proj(torch.cat([h_eff, c], dim=-1)).unflatten(-1, (self.slots, c.shape[-1]))
+
+
+class PacksWrongRow(PacksRunningMean):
+    def propose(self, h_eff, ctx, positions, rows=None):  # every packed query reads row 0
+        return super().propose(h_eff, ctx, positions, None if rows is None else torch.zeros_like(rows))
+
+
 def test_a_correct_expert_passes():
     assert_expert_conforms(RunningMean)
     assert_expert_conforms(RunningMean, {"slots": 3}, d_model=8, batch=1, seq=4)
+    assert_expert_conforms(PacksRunningMean)
 
 
 @pytest.mark.parametrize(
@@ -142,6 +158,7 @@ def test_a_correct_expert_passes():
         (AlwaysFloat64, r"dtypes: propose returned torch.float64 for float32 inputs"),
         (NoClock, r"protocol: clock is 'sometimes'"),
         (LaxConfig, r"protocol: Config allows unknown keys"),
+        (PacksWrongRow, r"packed: packed queries .* differ from the proposals at the same rows and positions"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else "",
 )

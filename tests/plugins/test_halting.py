@@ -1,0 +1,109 @@
+"""The learned halting rule: it trains with the model, starts deep, halts per position, and is saved."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from parallax import checkpoint as ckpt
+from parallax.build import build_data
+from parallax.cli.main import main
+from parallax.model import build_model
+from parallax.recipe import load_recipe
+from parallax.registry import get_registry
+
+LEARNED = ["model.halting.type=learned", "~model.halting.rel_tol", "~model.halting.abs_tol", "~model.halting.k_min"]
+
+
+def learned_model(tiny_recipe, *overrides):
+    recipe = load_recipe(str(tiny_recipe), [*LEARNED, *overrides])
+    data = build_data(recipe, get_registry())
+    return build_model(recipe.model, data.info), data, recipe
+
+
+def test_the_head_is_a_submodule_with_a_deep_start(tiny_recipe):
+    model, data, _ = learned_model(tiny_recipe, "model.k_max=6")
+    assert {"halting.head.weight", "halting.head.bias"} <= model.state_dict().keys()
+    assert any(p is model.halting.head.weight for p in model.parameters())  # the optimizer sees it
+    model.eval()
+    with torch.no_grad():
+        out = model(data.batch(1)["inputs"])
+    assert out.k.eq(6).all()  # halting unlikely at first: every position runs to k_max
+    assert "aux_loss" not in out.stats  # evaluation adds no loss
+
+
+def test_gradients_reach_the_halting_head_and_only_from_its_own_loss(tiny_recipe):
+    model, data, _ = learned_model(tiny_recipe, "model.halting.explore=0.5")
+    model.train()
+    batch = data.batch(1)
+    out = model(batch["inputs"])
+    aux = out.stats["aux_loss"]
+    assert aux.requires_grad and aux.item() > 0
+    task = F.cross_entropy(out.logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
+    (task + aux).backward()
+    head = model.halting.head
+    assert head.weight.grad.abs().sum() > 0 and head.bias.grad.abs().sum() > 0
+    # the head's loss reads a detached state: alone, it trains the head and nothing else
+    model.zero_grad(set_to_none=True)
+    model(batch["inputs"]).stats["aux_loss"].backward()
+    touched = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched == {"halting.head.weight", "halting.head.bias"}
+
+
+def test_halting_is_per_position(tiny_recipe):
+    model, data, _ = learned_model(tiny_recipe, "model.k_max=8")
+    model.eval()
+    with torch.no_grad():  # a head that halts where one direction of the state is positive
+        model.halting.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+        model.halting.head.bias.zero_()
+    inputs = data.batch(1)["inputs"]
+    with torch.no_grad():
+        together = model(inputs)
+        alone = model(inputs[:1])
+    k = together.k
+    assert (k < 8).any() and (k == 8).any() and (k.min(1).values < k.max(1).values).any()  # differs within rows
+    assert torch.equal(together.k[:1], alone.k)  # a sequence's K does not depend on its batch
+    # work counts exactly the steps each position took
+    assert together.stats["work"] == int(k.sum())
+
+
+def test_trains_through_the_trainer_and_round_trips_a_checkpoint(tiny_recipe, tmp_path):
+    assert main(["run", str(tiny_recipe), *LEARNED, "model.halting.explore=0.5", "train.max_steps=4",
+                 "train.save_every=4", "train.eval_every=100"]) == 0
+    fresh, data, _ = learned_model(tiny_recipe, "model.halting.explore=0.5")
+    start = fresh.halting.head.weight.detach().clone()
+    path = ckpt.latest(tmp_path / "run")
+    ckpt.load_model_state(path, fresh)
+    assert not torch.equal(fresh.halting.head.weight, start)  # the trainer's steps moved the head
+    again, _, _ = learned_model(tiny_recipe, "model.halting.explore=0.5")
+    ckpt.load_model_state(path, again)
+    fresh.eval(), again.eval()
+    inputs = data.batch(1)["inputs"]
+    with torch.no_grad():
+        a, b = fresh(inputs), again(inputs)
+    assert torch.equal(a.k, b.k) and torch.equal(a.logits, b.logits)
+
+
+def test_a_settle_with_no_frozen_step_still_gives_the_head_a_zero_gradient(tiny_recipe):
+    model, data, _ = learned_model(tiny_recipe)
+    model.train()
+    out = model(data.batch(1)["inputs"], k_max=1)  # the live step only: nothing to label
+    assert out.stats["aux_loss"].item() == 0
+    out.stats["aux_loss"].backward()  # DDP needs every parameter to take part in every step
+    assert model.halting.head.weight.grad is not None and model.halting.head.weight.grad.abs().sum() == 0
+
+
+def test_generation_halts_each_position_as_the_parallel_settle_does(tiny_recipe):
+    model, data, _ = learned_model(tiny_recipe, "model.k_max=8")
+    model.eval()
+    with torch.no_grad():
+        model.halting.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+        model.halting.head.bias.zero_()
+        inputs = data.batch(1)["inputs"][:2]
+        want = model(inputs)
+        cache, ks, logits = None, [], []
+        for t in range(inputs.shape[1]):
+            out, k, cache = model.decode_step(inputs[:, t : t + 1], cache)
+            ks.append(k)
+            logits.append(out)
+    assert torch.equal(torch.stack(ks, 1), want.k) and (want.k < 8).any()
+    torch.testing.assert_close(torch.stack(logits, 1), want.logits, rtol=1e-4, atol=1e-5)
