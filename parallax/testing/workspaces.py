@@ -15,7 +15,7 @@ Checks, by the name ``skip`` takes:
   h-clocked slots at every step, then concatenating, equals projecting them together.
 - positions: positions settle independently: changing one position's inputs changes only its state.
 - incremental: settling one position alone (as generation does) equals its row of the parallel loop.
-- halted: inside the real K loop (``parallax.kloop.settle``, masked and gathered), with positions
+- halted: inside the real K loop (``parallax.kloop.settle``, masked and packed), with positions
   halting after different steps, every position ends where a fixed loop of its own K leaves it: a
   halted position's state does not move (a workspace that writes the state in place, or mishandles
   ``active``, fails here).
@@ -57,15 +57,15 @@ class _MixedState(Expert):
     """h-clocked stand-in expert: ``tanh(h_eff * mix)`` per slot, the same at any query positions."""
 
     clock = "h"
-    gather = True
+    packs = True  # position-independent, so it takes the K loop's packed list of active positions
 
     def __init__(self, mix: torch.Tensor):
         super().__init__()
         self.slots = mix.shape[0]
         self.mix = mix  # (S_h,d)
 
-    def propose(self, h_eff, ctx, positions):
-        return torch.tanh(h_eff[:, :, None, :] * self.mix.to(h_eff.dtype))  # (B,T,S_h,d)
+    def propose(self, h_eff, ctx, positions, rows=None):
+        return torch.tanh(h_eff[:, :, None, :] * self.mix.to(h_eff.dtype))  # (B,T,S_h,d) or packed (1,N,S_h,d)
 
 
 class _HaltAfter(HaltingRule):
@@ -209,7 +209,7 @@ def assert_workspace_conforms(
             xs = x.detach()
             # the reference: this kit's plain loop of a fixed K, which never passes ``active``
             ref = {kk: settle(m, x, tok, frozen=kk - live, live=live) for kk in range(live + 1, k_max + 1)}
-            for compact, path in ((0.0, "masked"), (1.0, "gathered")):
+            for compact, path in ((0.0, "masked"), (1.0, "packed")):
                 res = kloop_settle(m, experts, ctx, xs, pos, _HaltAfter(at), k_max, live, compact_below=compact)
                 want_k = torch.clamp(at, max=k_max - live) + live  # (B,T)
                 require(torch.equal(res.k, want_k), f"the K loop ({path}) gave K {res.k.tolist()}; expected "
