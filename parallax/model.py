@@ -165,6 +165,13 @@ class CWSModel(Model):
         finally:
             self.halting, self.k_max = saved
 
+    def k_loop(self, inputs: torch.Tensor):
+        x = self.encoder(inputs)  # (B,T,d)
+        positions = torch.arange(x.shape[1], device=x.device)  # (T,)
+        contexts = [e.context(x) for e in self.experts]
+        return lambda: settle(self.workspace, self.experts, contexts, x, positions, self.halting, self.k_max,
+                              self.live_steps, compact_below=self.cfg.compact_below)
+
     @torch.no_grad()
     def trajectory(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.encoder(inputs)  # (B,T,d)

@@ -74,6 +74,12 @@ class Model(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no K loop")
         yield  # pragma: no cover
 
+    def k_loop(self, inputs: torch.Tensor):
+        """Run everything ``forward`` runs before the K loop (the encoder, the experts' contexts) and return a
+        function of no arguments that runs the K loop alone, under the model's current halting and budget:
+        benchmarks time the K loop apart from the rest with it."""
+        raise NotImplementedError(f"{type(self).__name__} has no K loop")
+
     def trajectory(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The states h_0..h_k (k+1,B,T,d) of ``k`` fixed steps, and the raw movement trace (k-1,B,T)."""
         raise NotImplementedError(f"{type(self).__name__} has no K loop")

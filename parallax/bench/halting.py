@@ -6,6 +6,10 @@ load on the machine hits all three alike, and their order rotated each repeat so
 runs first; the median of the repeats is reported as seconds per token. If halting really skips
 work, (a) costs about what (b) costs, and (c) costs about k_max/m times (a).
 
+Each row also times the K loop alone (``k_loop_seconds_per_token``: the encoder, the experts' contexts
+and the decoder left out, through ``Model.k_loop``); where halted positions cost nothing, (a)'s K-loop
+time over (c)'s comes to m / k_max (``k_loop_a_over_c_per_m_over_k_max`` near 1).
+
 Each row also counts the K iterations each K loop ran (a batch runs until its slowest position
 halts). Where an iteration costs the same however few positions are still active (a small model
 on a GPU, bound by latency), time follows iterations, not position-steps, and (a)/(b) comes to
@@ -79,22 +83,44 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     settings = {"a_adaptive": (False, k_max), "b_fixed_round_m": (True, max(model.live_steps, round(m))),
                 "c_fixed_k_max": (True, k_max)}
     times: dict[str, list[float]] = {name: [] for name in settings}
+    loop_times: dict[str, list[float]] = {name: [] for name in settings}
     info: dict[str, tuple[float, int, float]] = {}
     names = list(settings)
+    # the K loop alone: the encoder and the experts' contexts are computed once, outside the clock
+    with torch.no_grad():
+        loops = [model.k_loop(x) for x in inputs] if mode == "parallel" else []
+
+    def k_loop_seconds(fixed: bool, k: int) -> float:
+        with torch.no_grad(), model.fixed_k(k) if fixed else nullcontext():
+            t0 = time.perf_counter()
+            for settle_batch in loops:
+                settle_batch()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
     for r in range(repeats):
         for name in names[r % 3:] + names[: r % 3]:
             fixed, k = settings[name]
             seconds, k_mean, work, iterations, _ = run(fixed, k)
             times[name].append(seconds)
             info[name] = (k_mean, work, iterations)
+            if loops:
+                loop_times[name].append(k_loop_seconds(fixed, k))
     rows = []
     for name, (_, k) in settings.items():
         k_mean, work, iterations = info[name]
         rows.append({"setting": name, "k_budget": k, "k_mean": round(k_mean, 3),
                      "position_steps_per_token": round(work / tokens, 3),
                      "iterations_per_k_loop": round(iterations, 3),
-                     "seconds_per_token": statistics.median(times[name]) / tokens})
+                     "seconds_per_token": statistics.median(times[name]) / tokens,
+                     "k_loop_seconds_per_token": statistics.median(loop_times[name]) / tokens if loops else None})
     a, b, c = (r["seconds_per_token"] for r in rows)
+    follows = {}
+    if loops:  # does the K loop's time follow the mean K? (a) against (c), beside m / k_max
+        ka, kc = rows[0]["k_loop_seconds_per_token"], rows[2]["k_loop_seconds_per_token"]
+        follows = {"k_loop_a_over_c": round(ka / kc, 3), "m_over_k_max": round(m / k_max, 3),
+                   "k_loop_a_over_c_per_m_over_k_max": round((ka / kc) / (m / k_max), 3)}
     return {
         "device": str(device), "checkpoint": str(path) if path else None, "mode": mode, "tokens": tokens, "batch_shape": list(inputs[0].shape),
         "repeats": repeats,
@@ -102,6 +128,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
         "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
         "a_over_b_lockstep": round(rows[0]["iterations_per_k_loop"] / rows[1]["iterations_per_k_loop"], 3),
         "c_over_a_floor": round(model.k_max / m * 0.7, 3),
+        **follows,
         **(limits or {}),
     }
 
@@ -125,9 +152,17 @@ def _adaptive_limits(k_maps: list[torch.Tensor], live_steps: int, k_max: int) ->
 
 
 def run(args, out, err) -> int:
-    from ..runs import load
+    from pathlib import Path
 
-    result = measure(load(args.recipe, args.overrides), args.checkpoint, args.batches, args.repeats, args.batch_size, args.mode,
+    from ..runs import find_checkpoint, load
+
+    checkpoint = args.checkpoint
+    if Path(args.recipe).is_dir():  # a run directory or one of its step folders: its own recipe and weights
+        checkpoint = checkpoint or str(find_checkpoint(args.recipe))
+        recipe = load(str(Path(checkpoint) / "config.yaml"), args.overrides)
+    else:
+        recipe = load(args.recipe, args.overrides)
+    result = measure(recipe, checkpoint, args.batches, args.repeats, args.batch_size, args.mode,
                      args.sequences)
     if result["checkpoint"] is None:
         err.print("note: no checkpoint in the recipe's out_dir; timing an untrained model")
@@ -135,11 +170,17 @@ def run(args, out, err) -> int:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
     table = Table("setting", "K budget", "mean K", "position-steps/token", "iterations/K loop", "µs/token",
+                  "K loop µs/token",
                   title=f"halting on {result['device']}, {result['mode']} (m = {result['m']}, k_max = {result['k_max']})")
     for r in result["rows"]:
+        loop = r["k_loop_seconds_per_token"]
         table.add_row(r["setting"], str(r["k_budget"]), f"{r['k_mean']:.2f}", f"{r['position_steps_per_token']:.2f}",
-                      f"{r['iterations_per_k_loop']:.2f}", f"{r['seconds_per_token'] * 1e6:.1f}")
+                      f"{r['iterations_per_k_loop']:.2f}", f"{r['seconds_per_token'] * 1e6:.1f}",
+                      f"{loop * 1e6:.1f}" if loop is not None else "-")
     out.print(table)
+    if "k_loop_a_over_c" in result:
+        out.print(f"K loop alone: (a)/(c) = {result['k_loop_a_over_c']} for m/k_max = {result['m_over_k_max']} "
+                  f"(ratio {result['k_loop_a_over_c_per_m_over_k_max']}; 1.0 when time follows the mean K)")
     out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} (k_max/m x 0.7 = {result['c_over_a_floor']})")
     out.print(f"iterations (a)/(b) = {result['a_over_b_lockstep']}: (a)/(b) where a K iteration costs the same "
               f"however few positions are active")

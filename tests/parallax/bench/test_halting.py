@@ -50,3 +50,18 @@ def test_bench_halting_incremental_settles_one_position_at_a_time(tiny_recipe, c
         assert r["position_steps_per_token"] == r["k_mean"] == r["iterations_per_k_loop"]
     assert c["k_mean"] == out["k_max"] and b["k_mean"] == b["k_budget"]
     assert a["k_mean"] == out["m"]
+
+
+def test_bench_halting_takes_a_run_directory_and_times_the_k_loop_alone(tiny_recipe, tmp_path, capsys):
+    from parallax.testing import train
+
+    train(tiny_recipe, tmp_path / "trained", steps=3)
+    assert main(["bench", "halting", str(tmp_path / "trained"), "--batch-size", "3", "--batches", "2",
+                 "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["checkpoint"] == str(tmp_path / "trained" / "step-00000003")
+    for row in out["rows"]:
+        assert 0 < row["k_loop_seconds_per_token"] < row["seconds_per_token"]  # a part of the whole forward
+    a, _, c = out["rows"]
+    assert out["k_loop_a_over_c"] == round(a["k_loop_seconds_per_token"] / c["k_loop_seconds_per_token"], 3)
+    assert out["m_over_k_max"] == round(out["m"] / out["k_max"], 3)
