@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 
 from .errors import CheckpointError, ParallaxError
+from .runs import CONFIG, is_export, saved_recipe
 
-CONFIG = "config.json"
 FORMAT = "parallax-cws-export/1"
 
 
@@ -67,22 +67,6 @@ def export(run: str | Path, dest: str | Path, force: bool = False) -> Path:
     (tmp / "README.md").write_text(model_card(config, dest.name))
     os.replace(tmp, dest)
     return dest
-
-
-def is_export(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / CONFIG).is_file() and (p / "model.safetensors").is_file() and not (p / "config.yaml").is_file()
-
-
-def saved_recipe(path: Path) -> dict:
-    """The recipe an export folder holds (its config.json's ``recipe``)."""
-    try:
-        config = json.loads((Path(path) / CONFIG).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}/{CONFIG}: not readable JSON ({e}); export the run again") from None
-    if not isinstance(config, dict) or not isinstance(config.get("recipe"), dict):
-        raise CheckpointError(f"{path}/{CONFIG}: holds no recipe; not a parallax export (export the run again)")
-    return config["recipe"]
 
 
 def load_pretrained(path: str | Path, device: str = "cpu"):

@@ -10,6 +10,7 @@ trained with (the checkpoint's ``config.yaml``), its data source with the files 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .protocols import Tokenizer
 from .recipe import load_recipe
 from .registry import get_registry
 from .schema import Recipe
+
+CONFIG = "config.json"  # an export folder's recipe and provenance (parallax.export)
 
 
 def load(recipe: str, overrides: list[str]) -> Recipe:
@@ -83,7 +86,6 @@ def open_run(path: str | Path, overrides: list[str] | None = None, device: str =
 
 def _saved_recipe(found: Path, overrides: list[str], registry) -> Recipe:
     """The recipe a checkpoint (its config.yaml) or an export folder (its config.json) was trained with."""
-    from .export import is_export, saved_recipe
     from .recipe import apply_overrides, validate
 
     if is_export(found):
@@ -94,6 +96,23 @@ def _saved_recipe(found: Path, overrides: list[str], registry) -> Recipe:
         raise CheckpointError(f"{found}: no config.yaml, the recipe these weights were trained with; the checkpoint "
                               f"is incomplete; {fix}")
     return load_recipe(str(found / "config.yaml"), overrides, registry)
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by ``parallax export`` (a config.json beside the weights)."""
+    p = Path(path)
+    return (p / CONFIG).is_file() and (p / "model.safetensors").is_file() and not (p / "config.yaml").is_file()
+
+
+def saved_recipe(path: Path) -> dict:
+    """The recipe an export folder holds (its config.json's ``recipe``)."""
+    try:
+        config = json.loads((Path(path) / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}/{CONFIG}: not readable JSON ({e}); export the run again") from None
+    if not isinstance(config, dict) or not isinstance(config.get("recipe"), dict):
+        raise CheckpointError(f"{path}/{CONFIG}: holds no recipe; not a parallax export (export the run again)")
+    return config["recipe"]
 
 
 def open_text_run(path: str | Path, threads: int = 1, device: str = "cpu") -> tuple[OpenRun, Tokenizer]:

@@ -21,7 +21,7 @@ def test_cat_doc_shows_every_key_with_type_default_allowed_and_description(tiny_
             "model.experts.0.slots", "model.halting.rel_tol", "data.n_keys"} <= set(keys)
     assert "train.precision (str) = auto  [default auto; one of auto, fp32, bf16, fp16]" in out
     assert "train.max_steps (int) = 6  [default 1000; > 0]\n    optimizer steps" in out
-    assert "model.halting (halting rule) = momentum  [required; registered: fixed, momentum]" in out
+    assert "model.halting (halting rule) = momentum  [required; registered: fixed, learned, momentum]" in out
     assert "\nmodel.halting.type " not in out  # a component's type is its own row
     assert [d.key for d in docs if not d.description] == []  # every key's description, from the schemas
     assert "(no description)" not in out
