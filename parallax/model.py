@@ -105,7 +105,7 @@ class CWSModel(Model):
                 raise ValueError(f"live_steps ({self.live_steps}) must be <= k_max ({self.k_max})")
             return self
 
-    def __init__(self, cfg: "CWSModel.Config", info: DataInfo, registry: Registry | None = None):
+    def __init__(self, cfg: CWSModel.Config, info: DataInfo, registry: Registry | None = None):
         super().__init__()
         registry = registry or get_registry()
         self.cfg = cfg

@@ -7,9 +7,10 @@ the core only ever talks to them through the methods below.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class Model(nn.Module):
     k_max: int | None = None
     live_steps: int = 1
 
-    def forward(self, inputs: torch.Tensor) -> "ModelOutput":  # (B,T) or (B,C,H,W) -> logits
+    def forward(self, inputs: torch.Tensor) -> ModelOutput:  # (B,T) or (B,C,H,W) -> logits
         raise NotImplementedError
 
     def decode_step(self, tokens_t: torch.Tensor, cache: Any | None) -> tuple[torch.Tensor, torch.Tensor | None, Any]:

@@ -36,7 +36,7 @@ class RunLock:
         self.fd: int | None = None
         self.note: str | None = None  # set when a dead process's lock was taken over
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         out_dir = self.path.parent
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"out_dir: {out_dir} is a file, not a directory; choose another out_dir=...")
@@ -87,7 +87,7 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

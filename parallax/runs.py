@@ -18,8 +18,7 @@ import torch
 from . import checkpoint as ckpt
 from .errors import CheckpointError, ConfigError, PluginError
 from .model import build_model
-from .protocols import DataSource
-from .protocols import Tokenizer
+from .protocols import DataSource, Tokenizer
 from .recipe import load_recipe
 from .registry import get_registry
 from .schema import Recipe

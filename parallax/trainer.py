@@ -257,7 +257,7 @@ class Trainer:
 
     def _header(self) -> str:
         used = json.loads(self.metadata["components"])
-        plugins = sorted({v for v in used.values()})
+        plugins = sorted(set(used.values()))
         n = sum(p.numel() for p in self.model.parameters())
         return (f"parallax run: {n:,} parameters on {self.device} (world {self.world}); "
                 f"plugins: {', '.join(plugins)}; out_dir {self.out_dir}")

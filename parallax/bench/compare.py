@@ -30,6 +30,7 @@ recipe's count. ``--match-on`` chooses the total or the non-embedding count.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -122,7 +123,7 @@ def match_width(ref: str, overrides: list[str], target: int, on: str, registry) 
             hi = mid
         else:
             lo = mid + 1
-    options = [w for w in valid[max(lo - 1, 0): lo + 1]]
+    options = list(valid[max(lo - 1, 0): lo + 1])
     best = min(options, key=lambda w: abs((count(w) or 0) - target))
     return {"key": f"model.{key}", "width": best, "params": count(best), "target": target, "on": on}
 
@@ -146,10 +147,8 @@ def _rss() -> tuple[int | None, int | None]:
 
 
 def _reset_peak_rss() -> None:
-    try:  # "5" resets the peak resident set (VmHWM) to the current one (Linux >= 4.0)
+    with contextlib.suppress(OSError):  # "5" resets the peak resident set (VmHWM) to the current one (Linux >= 4.0)
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def saved_bytes(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, autocast) -> int:
@@ -282,9 +281,9 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
     ``--match-params`` TARGET. Every recipe and override is validated before anything trains."""
     from rich.console import Console
 
+    from ..build import resolve_device
     from ..recipe import load_recipe
     from ..registry import get_registry
-    from ..build import resolve_device
 
     err = err or Console(stderr=True)
     if steps is not None and steps < 1:

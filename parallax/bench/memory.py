@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
-from ..errors import ConfigError
 from ..build import autocast_dtype, resolve_device
+from ..errors import ConfigError
 from . import build_k_loop_model
 
 

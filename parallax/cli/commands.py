@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import importlib
-
 import json
 import re
-import shutil
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConfigError, Interrupted, PluginError
+from ..errors import ConfigError, Interrupted
 
 
 def dispatch(args, out: Console, err: Console) -> int:

@@ -23,8 +23,17 @@ from torch import nn
 
 from ..protocols import DataInfo, MotorDecoder
 from .conformance import (
-    Subject, check_dtypes, check_protocol, check_shared, check_step_matches_forward, cut_points, perturbed, randn, require,
-    require_causal, start,
+    Subject,
+    check_dtypes,
+    check_protocol,
+    check_shared,
+    check_step_matches_forward,
+    cut_points,
+    perturbed,
+    randn,
+    require,
+    require_causal,
+    start,
 )
 
 CHECKS = ("protocol", "shapes", "dtypes", "causality", "incremental", "tie")

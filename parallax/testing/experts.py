@@ -26,8 +26,18 @@ import torch
 
 from ..protocols import DataInfo, Expert
 from .conformance import (
-    Subject, changed_positions, check_dtypes, check_protocol, check_shared, cut_points, differs, perturbed,
-    randn, require, require_causal, start,
+    Subject,
+    changed_positions,
+    check_dtypes,
+    check_protocol,
+    check_shared,
+    cut_points,
+    differs,
+    perturbed,
+    randn,
+    require,
+    require_causal,
+    start,
 )
 
 CHECKS = ("protocol", "shapes", "dtypes", "clock", "causality", "h_locality", "incremental", "packed")

@@ -30,8 +30,16 @@ import torch
 from ..kloop import settle as kloop_settle
 from ..protocols import DataInfo, Expert, HaltingRule, Workspace, WorkspaceState
 from .conformance import (
-    Subject, changed_positions, check_dtypes, check_protocol, check_shared, differs, perturbed, randn,
-    require, start,
+    Subject,
+    changed_positions,
+    check_dtypes,
+    check_protocol,
+    check_shared,
+    differs,
+    perturbed,
+    randn,
+    require,
+    start,
 )
 
 CHECKS = ("protocol", "shapes", "dtypes", "slotwise", "positions", "incremental", "halted")

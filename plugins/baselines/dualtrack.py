@@ -35,7 +35,7 @@ class DualTrack(Model):
         use_swap: bool = Field(True, description="between passes, feed each track the other's output (else its own)")
         dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedding and on each block's residual branches")
 
-    def __init__(self, cfg: "DualTrack.Config", info: DataInfo, registry=None):
+    def __init__(self, cfg: DualTrack.Config, info: DataInfo, registry=None):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd

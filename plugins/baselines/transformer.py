@@ -256,7 +256,7 @@ class Transformer(Model):
     class Config(TransformerOptions):
         type: str = "transformer"
 
-    def __init__(self, cfg: "Transformer.Config", info: DataInfo, registry=None):
+    def __init__(self, cfg: Transformer.Config, info: DataInfo, registry=None):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd

@@ -8,8 +8,8 @@ one-line ``ConfigError`` that names the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import parallax
 

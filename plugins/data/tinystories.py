@@ -32,7 +32,7 @@ import parallax
 
 from . import token_cache
 from .stories import read_files, stream_hub
-from .tokenizers import ByteTokenizer, BPETokenizer, tokenizer_from_json
+from .tokenizers import BPETokenizer, ByteTokenizer, tokenizer_from_json
 
 TOKENIZER_FILE = "tokenizer.json"
 

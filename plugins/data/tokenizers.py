@@ -57,7 +57,7 @@ class BPETokenizer(parallax.Tokenizer):
         self.eos_id = tok.token_to_id(EOS)
 
     @classmethod
-    def train(cls, texts, vocab_size: int) -> "BPETokenizer":
+    def train(cls, texts, vocab_size: int) -> BPETokenizer:
         """Learn merges from an iterable of strings until the vocabulary holds ``vocab_size`` entries."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -6,11 +6,11 @@ import torch.nn.functional as F
 
 import parallax
 from parallax.bench.memory import measure
+from parallax.build import build_data
 from parallax.kloop import settle
 from parallax.model import build_model
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
-from parallax.build import build_data
 
 
 def tiny_model(tiny_recipe, *overrides):

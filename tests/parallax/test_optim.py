@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from parallax.build import build_data
 from parallax.errors import ConfigError
 from parallax.model import build_model
-from parallax.optim import MuonAdamW, muon_split
+from parallax.optim import MuonAdamW, make_optimizer, muon_split
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
-from parallax.build import build_data
-from parallax.optim import make_optimizer
 
 
 def model_and_recipe(path, *overrides):

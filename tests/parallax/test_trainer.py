@@ -224,7 +224,8 @@ def test_sigterm_saves_the_run_like_ctrl_c(tiny_recipe, tmp_path):
 
 
 def test_old_checkpoints_keep_their_optimizer_state_across_a_torch_upgrade():
-    from parallax.resume import compatible_groups as _compatible_groups, group_keys as _group_keys
+    from parallax.resume import compatible_groups as _compatible_groups
+    from parallax.resume import group_keys as _group_keys
 
     model = torch.nn.Linear(4, 4)
     adamw = _group_keys(torch.optim.AdamW(model.parameters()).state_dict())

@@ -11,7 +11,10 @@ import torch
 import parallax
 from parallax.registry import get_registry
 from parallax.testing import (
-    assert_decoder_conforms, assert_encoder_conforms, assert_expert_conforms, assert_workspace_conforms,
+    assert_decoder_conforms,
+    assert_encoder_conforms,
+    assert_expert_conforms,
+    assert_workspace_conforms,
 )
 
 CHECK = {

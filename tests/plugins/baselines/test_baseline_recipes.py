@@ -19,6 +19,7 @@ from parallax.cli.main import main
 ROOT = Path(__file__).resolve().parents[3] / "recipes"
 sys.path.insert(0, str(ROOT.parent / "tests" / "plugins" / "data"))
 from text_helpers import write_txt  # noqa: E402
+
 TEXT = ["tinystories_transformer", "tinystories_transformer_2layer", "tinystories_dualtrack"]
 RECALL = ["recall_transformer", "recall_transformer_2layer"]
 SMALL = ["train.batch_size=4", "train.max_steps=3", "train.eval_every=3", "train.max_minutes=null", "train.progress=false"]

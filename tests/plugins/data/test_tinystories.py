@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from parallax.cli.main import main
-from parallax.recipe import load_recipe
 from parallax.registry import get_registry
 from parallax_plugins.data import tinystories as ts
 from parallax_plugins.data.stories import read_file
@@ -175,7 +174,7 @@ def test_a_damaged_cached_tokenizer_says_to_delete_it(tmp_path):
     cached = next((tmp_path / "cache").glob("bpe-*.json"))
     cached.write_text("{not json")
     with pytest.raises(ts.parallax.CheckpointError, match="delete this cached file"):
-        make(tmp_path, [f], tokenizer="bpe", vocab_size=300).tokenizer
+        make(tmp_path, [f], tokenizer="bpe", vocab_size=300).tokenizer  # noqa: B018 - reading it loads the cache
 
 
 def test_val_fraction_holds_out_the_last_stories_of_each_file(tmp_path):
