@@ -2,8 +2,8 @@
 
 Shapes: B batch, T positions, S slots, d model width, H workspace heads, dh = d // H.
 Every component is an ``nn.Module`` subclass with a nested pydantic ``Config`` (its recipe
-options) and a constructor ``__init__(self, cfg, d_model, info)`` (``info`` a ``DataInfo``). Plugins subclass these bases;
-the core only ever talks to them through the methods below.
+options) and a constructor ``__init__(self, cfg, d_model, info)`` (``info`` a ``DataInfo``). Plugins subclass
+these bases; the core only ever talks to them through the methods below.
 """
 from __future__ import annotations
 

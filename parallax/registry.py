@@ -89,7 +89,8 @@ class Registry:
             self.add(module, info)
         for name in sorted((allowed or set()) - {ep.name for ep in eps}):
             self.plugins[name] = PluginInfo(name, "", None, None, False,
-                                            error="named in PARALLAX_LOAD_PLUGINS, but no installed package provides it")
+                                            error="named in PARALLAX_LOAD_PLUGINS, "
+                                                  "but no installed package provides it")
         return self
 
     def add(self, module: Any, info: PluginInfo) -> None:

@@ -125,6 +125,7 @@ def check_resume_target(out_dir: Path, resume_from: Path) -> None:
                           f"resuming {resume_from} there would mix the two runs; choose a new out_dir=...")
     later = [p for p in existing if p.name > resume_from.name]
     if later:
-        raise ConfigError(f"train.resume: {out_dir} holds checkpoints later than {resume_from.name} ({later[-1].name}), "
-                          f"which keep_last_n would prune in favour of the new ones; resume from {later[-1].name} "
+        raise ConfigError(f"train.resume: {out_dir} holds checkpoints later than {resume_from.name} "
+                          f"({later[-1].name}), which keep_last_n would prune in favour of the new ones; "
+                          f"resume from {later[-1].name} "
                           f"(train.resume=auto), or resume {resume_from.name} into a new out_dir=...")

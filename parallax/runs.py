@@ -62,7 +62,8 @@ def find_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"{p}: no such run directory; give the out_dir of a run (or one of its step-XXXXXXXX/)")
     found = ckpt.latest(p)
     if found is None:
-        raise CheckpointError(f"{p}: holds no checkpoint (step-XXXXXXXX/); train first with parallax run RECIPE out_dir={p}")
+        raise CheckpointError(f"{p}: holds no checkpoint (step-XXXXXXXX/); "
+                              f"train first with parallax run RECIPE out_dir={p}")
     return found
 
 

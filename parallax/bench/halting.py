@@ -96,7 +96,8 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
                      "seconds_per_token": statistics.median(times[name]) / tokens})
     a, b, c = (r["seconds_per_token"] for r in rows)
     return {
-        "device": str(device), "checkpoint": str(path) if path else None, "mode": mode, "tokens": tokens, "batch_shape": list(inputs[0].shape),
+        "device": str(device), "checkpoint": str(path) if path else None, "mode": mode, "tokens": tokens,
+        "batch_shape": list(inputs[0].shape),
         "repeats": repeats,
         "k_max": model.k_max, "m": round(m, 3), "rows": rows,
         "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
@@ -127,20 +128,22 @@ def _adaptive_limits(k_maps: list[torch.Tensor], live_steps: int, k_max: int) ->
 def run(args, out, err) -> int:
     from ..runs import load
 
-    result = measure(load(args.recipe, args.overrides), args.checkpoint, args.batches, args.repeats, args.batch_size, args.mode,
-                     args.sequences)
+    result = measure(load(args.recipe, args.overrides), args.checkpoint, args.batches, args.repeats, args.batch_size,
+                     args.mode, args.sequences)
     if result["checkpoint"] is None:
         err.print("note: no checkpoint in the recipe's out_dir; timing an untrained model")
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
     table = Table("setting", "K budget", "mean K", "position-steps/token", "iterations/K loop", "µs/token",
-                  title=f"halting on {result['device']}, {result['mode']} (m = {result['m']}, k_max = {result['k_max']})")
+                  title=f"halting on {result['device']}, {result['mode']} "
+                        f"(m = {result['m']}, k_max = {result['k_max']})")
     for r in result["rows"]:
         table.add_row(r["setting"], str(r["k_budget"]), f"{r['k_mean']:.2f}", f"{r['position_steps_per_token']:.2f}",
                       f"{r['iterations_per_k_loop']:.2f}", f"{r['seconds_per_token'] * 1e6:.1f}")
     out.print(table)
-    out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} (k_max/m x 0.7 = {result['c_over_a_floor']})")
+    out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} "
+              f"(k_max/m x 0.7 = {result['c_over_a_floor']})")
     out.print(f"iterations (a)/(b) = {result['a_over_b_lockstep']}: (a)/(b) where a K iteration costs the same "
               f"however few positions are active")
     if "a_at_k_max" in result:

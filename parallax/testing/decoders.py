@@ -99,7 +99,8 @@ def assert_decoder_conforms(
         (h,) = example()
         with torch.no_grad():
             out = m(h)
-        require(tuple(out.shape) == expected, f"after tie, forward returned shape {tuple(out.shape)}; expected {expected}")
+        require(tuple(out.shape) == expected,
+                f"after tie, forward returned shape {tuple(out.shape)}; expected {expected}")
 
     report.check("protocol", lambda: check_protocol(cls, MotorDecoder, name))
     report.check("shapes", shapes)

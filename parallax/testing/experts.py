@@ -112,8 +112,8 @@ def assert_expert_conforms(
         with torch.no_grad():
             ctx = m.context(x)
             if uses_h:
-                moved = changed_positions(m.propose(h, ctx, positions), m.propose(perturbed(h, slice(None)), ctx, positions),
-                                          rtol, atol)
+                moved = changed_positions(m.propose(h, ctx, positions),
+                                          m.propose(perturbed(h, slice(None)), ctx, positions), rtol, atol)
                 require(bool(moved), "declares clock 'h' but its proposals do not change with h_eff at any position; "
                                      "declare clock = 'token' if they depend on the observations only")
                 return

@@ -81,7 +81,8 @@ def test_gradients_reach_every_trainable_parameter(tiny_recipe):
     batch = data.batch(1)
     out = model(batch["inputs"])
     F.cross_entropy(out.logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not missing, f"no gradient reaches: {missing}"
 
 

@@ -67,8 +67,10 @@ def test_muon_steps_schedules_and_round_trips(make_tiny_recipe):
 
 def test_muon_options_are_validated_on_both_sides(make_tiny_recipe):
     path = make_tiny_recipe()
-    load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.ns_steps=3", "train.optimizer.adamw={betas: [0.9, 0.95]}"])
-    with pytest.raises(ConfigError, match=r"train\.optimizer\.ns_stepz: not an option of torch\.optim\.Muon; did you mean 'ns_steps'"):
+    load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.ns_steps=3",
+                            "train.optimizer.adamw={betas: [0.9, 0.95]}"])
+    with pytest.raises(ConfigError, match=r"train\.optimizer\.ns_stepz: not an option of torch\.optim\.Muon; "
+                                          r"did you mean 'ns_steps'"):
         load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.ns_stepz=3"])
     with pytest.raises(ConfigError, match=r"train\.optimizer\.adamw\.betaz: not an option of torch\.optim\.AdamW"):
         load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.adamw={betaz: 1}"])

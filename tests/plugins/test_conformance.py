@@ -52,7 +52,8 @@ def cases():
 IMAGES = parallax.DataInfo(num_classes=3, input_shape=(1, 4, 4))
 ARGS = {
     # images (B,C,H,W) -> 4 patches: no per-position inputs, so no causality or token-step checks
-    ("encoders", "image"): {"info": IMAGES, "inputs": torch.randn(2, 1, 4, 4), "skip": ("shapes", "causality", "incremental")},
+    ("encoders", "image"): {"info": IMAGES, "inputs": torch.randn(2, 1, 4, 4),
+                            "skip": ("shapes", "causality", "incremental")},
     ("decoders", "classifier"): {"info": IMAGES},
 }
 

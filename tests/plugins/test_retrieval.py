@@ -26,7 +26,8 @@ def make(**opts):
 
 
 def brute_force(e, x: torch.Tensor) -> torch.Tensor:
-    """The definition, one position and one entry at a time: pair j is written at j+1 and kept for capacity positions."""
+    """The definition, one position and one entry at a time: pair j is written at j+1 and kept for capacity
+    positions."""
     B, T, _ = x.shape
     s = e.k_proj(x)
     code = e.hash(s)

@@ -124,7 +124,8 @@ def test_hub_path_streams_a_local_dataset_folder(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in stories(20)) + "\n")
-    c = ts.TinyStoriesData.Config(dataset=str(folder), seq_len=8, tokenizer="byte", max_stories=12, cache_dir=str(tmp_path / "c"))
+    c = ts.TinyStoriesData.Config(dataset=str(folder), seq_len=8, tokenizer="byte", max_stories=12,
+                                  cache_dir=str(tmp_path / "c"))
     data = ts.TinyStoriesData(c, seed=0, batch_size=2)
     train, val = data._read_stories()
     assert train + val == stories(12) and len(val) == 1
