@@ -30,7 +30,8 @@ def story(rng: random.Random) -> str:
                                            rng.choice(PLACES), rng.choice(FEELINGS))
     friend = rng.choice([x for x in NAMES if x != name])
     opening = (f"Once upon a time, there was a little {animal} named {name}. {name} liked to play in the {place}. "
-               f"One day, {name} found a {thing}. {name} was very {feeling}. {name} said, \"Look, {friend}! I found a {thing}!\" "
+               f"One day, {name} found a {thing}. {name} was very {feeling}. "
+               f"{name} said, \"Look, {friend}! I found a {thing}!\" "
                f"{friend} smiled and said, \"Let's play with the {thing} together.\" ")
     ending = rng.choice([
         "They played all day and had lots of fun. The end.",

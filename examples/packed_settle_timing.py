@@ -72,7 +72,7 @@ def main() -> None:
 
         times = {name: [] for name in settings}
         work, ks = {}, {}
-        for name, c in settings.items():
+        for c in settings.values():
             run(c)  # warm-up
         names = list(settings)
         for r in range(args.repeats):

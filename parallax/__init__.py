@@ -40,8 +40,8 @@ __version__ = "0.1.0"
 #: Decorator for plugin hook implementations: ``@parallax.hookimpl def register_experts(register): ...``
 hookimpl = pluggy.HookimplMarker("parallax")
 
-from .export import load_pretrained  # noqa: E402
 from .errors import CheckpointError, ConfigError, ParallaxError, PluginError, TrainingError  # noqa: E402
+from .export import load_pretrained  # noqa: E402
 from .kloop import movement  # noqa: E402
 from .loggers import Logger  # noqa: E402
 from .model import CWSModel, build_component, build_model  # noqa: E402

@@ -14,20 +14,20 @@ if TYPE_CHECKING:  # annotations only: the trainer imports this module
 
 
 class Callback:
-    def on_setup(self, trainer: "Trainer") -> None:
+    def on_setup(self, trainer: Trainer) -> None:
         """Data, model, optimizer and schedule are built, and a resumed run's state is restored."""
 
-    def on_step(self, trainer: "Trainer", loss: float) -> None:
+    def on_step(self, trainer: Trainer, loss: float) -> None:
         """One optimizer step is done (``trainer.step`` counts it); ``loss`` is its training loss."""
 
-    def on_log(self, trainer: "Trainer", record: dict) -> None:
+    def on_log(self, trainer: Trainer, record: dict) -> None:
         """A training record (step, loss, tokens_per_s, k_mean, lr, diagnostics) was logged."""
 
-    def on_eval(self, trainer: "Trainer", result: dict) -> None:
+    def on_eval(self, trainer: Trainer, result: dict) -> None:
         """A validation pass finished; ``result`` is the record written to metrics.jsonl."""
 
-    def on_save(self, trainer: "Trainer", path: Path) -> None:
+    def on_save(self, trainer: Trainer, path: Path) -> None:
         """A checkpoint was written to ``path``."""
 
-    def on_end(self, trainer: "Trainer", summary: dict) -> None:
+    def on_end(self, trainer: Trainer, summary: dict) -> None:
         """The run finished (max_steps or max_minutes) and wrote ``summary``."""

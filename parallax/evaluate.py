@@ -46,7 +46,8 @@ def surprisal_quantiles(surprisal: torch.Tensor, k: torch.Tensor, n: int = QUANT
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, autocast=None, detailed: bool = False) -> dict:
+def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, autocast=None,
+             detailed: bool = False) -> dict:
     was_training = model.training
     model.eval()
     loss_sum = correct = count = 0.0

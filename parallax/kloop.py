@@ -24,8 +24,9 @@ zero at positions not computed in it) and, when it declares ``reads_state``, the
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -160,7 +161,7 @@ class _Packed:
         return self.idx.numel()
 
     @classmethod
-    def gather(cls, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor) -> "_Packed":
+    def gather(cls, state: WorkspaceState, tk, tv, positions: torch.Tensor, active: torch.Tensor) -> _Packed:
         B, T = active.shape
         idx = active.reshape(-1).nonzero().squeeze(1)  # (N,)
         take = lambda t: t.flatten(0, 1).index_select(0, idx)[None] if t is not None else None  # noqa: E731

@@ -33,39 +33,39 @@ class Logger(Callback):
         self.t0 = time.time()
 
     # -- what a logger implements ---------------------------------------------------------------
-    def start(self, trainer: "Trainer", hparams: dict) -> None:
+    def start(self, trainer: Trainer, hparams: dict) -> None:
         """The run starts (or resumes at ``trainer.step``); ``hparams`` is the resolved recipe."""
 
-    def write(self, trainer: "Trainer", record: dict) -> None:
+    def write(self, trainer: Trainer, record: dict) -> None:
         """One record: ``step``, ``split``, ``time`` and the metrics."""
         raise NotImplementedError
 
-    def finish(self, trainer: "Trainer", summary: dict) -> None:
+    def finish(self, trainer: Trainer, summary: dict) -> None:
         """The run ended with ``summary``."""
 
     def flush(self) -> None:
         """Push buffered records to disk."""
 
-    def resumed_seconds(self, trainer: "Trainer") -> float:
+    def resumed_seconds(self, trainer: Trainer) -> float:
         """The ``time`` the run had reached when it was resumed (0 for a fresh run)."""
         return 0.0
 
     # -- the trainer's events -------------------------------------------------------------------
-    def on_setup(self, trainer: "Trainer") -> None:
+    def on_setup(self, trainer: Trainer) -> None:
         hparams = trainer.recipe.model_dump(mode="json", serialize_as_any=True)
         self.start(trainer, hparams)
         self.t0 = time.time() - self.resumed_seconds(trainer)
 
-    def on_log(self, trainer: "Trainer", record: dict) -> None:
+    def on_log(self, trainer: Trainer, record: dict) -> None:
         self.write(trainer, self._stamp(record, "train"))
 
-    def on_eval(self, trainer: "Trainer", result: dict) -> None:
+    def on_eval(self, trainer: Trainer, result: dict) -> None:
         self.write(trainer, self._stamp(result, "val"))
 
-    def on_save(self, trainer: "Trainer", path) -> None:
+    def on_save(self, trainer: Trainer, path) -> None:
         self.flush()
 
-    def on_end(self, trainer: "Trainer", summary: dict) -> None:
+    def on_end(self, trainer: Trainer, summary: dict) -> None:
         self.finish(trainer, summary)
         self.flush()
 

@@ -105,7 +105,7 @@ class CWSModel(Model):
                 raise ValueError(f"live_steps ({self.live_steps}) must be <= k_max ({self.k_max})")
             return self
 
-    def __init__(self, cfg: "CWSModel.Config", info: DataInfo, registry: Registry | None = None):
+    def __init__(self, cfg: CWSModel.Config, info: DataInfo, registry: Registry | None = None):
         super().__init__()
         registry = registry or get_registry()
         self.cfg = cfg
@@ -188,7 +188,8 @@ class CWSModel(Model):
         return torch.stack(hs), torch.stack(trace) if trace else torch.zeros(0, *x.shape[:2])
 
     @torch.no_grad()
-    def decode_step(self, tokens_t: torch.Tensor, cache: CWSCache | None) -> tuple[torch.Tensor, torch.Tensor, CWSCache]:
+    def decode_step(self, tokens_t: torch.Tensor,
+                    cache: CWSCache | None) -> tuple[torch.Tensor, torch.Tensor, CWSCache]:
         """DESIGN.md §2.7: the encoder's ``step`` makes x_t (B,1,d) from its window of recent inputs;
         each expert's ``context_step`` updates its cache (the Mamba state, the probe's keys and values);
         the K loop settles position t alone; the decoder's ``step`` reads its window of settled states."""

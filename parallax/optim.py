@@ -1,9 +1,9 @@
 """Optimizers and the learning-rate schedule of a recipe's ``train`` block.
 
 ``make_optimizer`` builds any ``torch.optim`` optimizer by name; ``lr_lambda`` is the warm-up then
-cosine schedule. ``muon`` is Muon for the hidden weight matrices and AdamW for everything else (seed 004: "Parallax with the Muon
-optimizer"; torch.optim.Muon's documentation: Muon is for 2-D hidden-layer weights, while
-embeddings, the output head, norms and biases belong with AdamW).
+cosine schedule. ``muon`` is Muon for the hidden weight matrices and AdamW for everything else
+(seed 004: "Parallax with the Muon optimizer"; torch.optim.Muon's documentation: Muon is for 2-D
+hidden-layer weights, while embeddings, the output head, norms and biases belong with AdamW).
 
 ``optimizer: {type: muon, lr: 0.02, momentum: 0.95, adamw: {lr: 0.003, betas: [0.9, 0.95]}}``: the
 keys beside ``adamw`` go to ``torch.optim.Muon``; ``adamw`` holds ``torch.optim.AdamW``'s options for

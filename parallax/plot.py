@@ -95,7 +95,7 @@ class Curves:
     measured_time: bool  # ``time`` in the records (wall time) rather than rebuilt from tokens/s
 
     @classmethod
-    def of(cls, records: list[dict], tokens_per_step: int) -> "Curves":
+    def of(cls, records: list[dict], tokens_per_step: int) -> Curves:
         """``time`` (seconds since the run began, or a Unix time) when every record has it; else
         training seconds from tokens/s, an evaluation at step s placed at its training record's time."""
         train = [r for r in records if "loss" in r and "step" in r]

@@ -41,7 +41,7 @@ class TrainingProgress:
         )
         self._task = None
 
-    def __enter__(self) -> "TrainingProgress":
+    def __enter__(self) -> TrainingProgress:
         self._progress.__enter__()
         self._task = self._progress.add_task("train", total=self.total, completed=self.start, info="")
         return self

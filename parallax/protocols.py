@@ -2,14 +2,15 @@
 
 Shapes: B batch, T positions, S slots, d model width, H workspace heads, dh = d // H.
 Every component is an ``nn.Module`` subclass with a nested pydantic ``Config`` (its recipe
-options) and a constructor ``__init__(self, cfg, d_model, info)`` (``info`` a ``DataInfo``). Plugins subclass these bases;
-the core only ever talks to them through the methods below.
+options) and a constructor ``__init__(self, cfg, d_model, info)`` (``info`` a ``DataInfo``). Plugins subclass
+these bases; the core only ever talks to them through the methods below.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class Model(nn.Module):
     k_max: int | None = None
     live_steps: int = 1
 
-    def forward(self, inputs: torch.Tensor) -> "ModelOutput":  # (B,T) or (B,C,H,W) -> logits
+    def forward(self, inputs: torch.Tensor) -> ModelOutput:  # (B,T) or (B,C,H,W) -> logits
         raise NotImplementedError
 
     def decode_step(self, tokens_t: torch.Tensor, cache: Any | None) -> tuple[torch.Tensor, torch.Tensor | None, Any]:

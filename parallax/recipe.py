@@ -257,13 +257,15 @@ def _check_optimizer(cfg: OptimizerConfig, path: list, device: str = "cpu") -> N
     if cfg.type.lower() not in names:
         hint = difflib.get_close_matches(cfg.type.lower(), list(names), n=1)
         dym = f"; did you mean '{hint[0]}'?" if hint else ""
-        raise ConfigError(f"{_dotted(path + ['type'])}: unknown optimizer '{cfg.type}'{dym} (allowed: {', '.join(sorted(names))})")
+        raise ConfigError(f"{_dotted(path + ['type'])}: unknown optimizer '{cfg.type}'{dym} "
+                          f"(allowed: {', '.join(sorted(names))})")
     params = inspect.signature(getattr(torch.optim, names[cfg.type.lower()])).parameters
     extra = dict(cfg.model_extra or {})
     if names[cfg.type.lower()] == "Muon" and "adamw" in extra:  # options of the AdamW half (parallax/optim.py)
         side = extra.pop("adamw")
         if not isinstance(side, dict):
-            raise ConfigError(f"{_dotted(path + ['adamw'])}: must be a mapping of torch.optim.AdamW options (got {side!r})")
+            raise ConfigError(f"{_dotted(path + ['adamw'])}: must be a mapping of torch.optim.AdamW options "
+                              f"(got {side!r})")
         try:
             side_cfg = OptimizerConfig.model_validate({**side, "type": "adamw"})
         except ValidationError as e:
@@ -271,10 +273,12 @@ def _check_optimizer(cfg: OptimizerConfig, path: list, device: str = "cpu") -> N
         _check_optimizer(side_cfg, path + ["adamw"])
     for key in extra:
         if key not in params or key in ("params", "self"):
-            allowed = [p for p in params if p not in ("params", "self")] + (["adamw"] if names[cfg.type.lower()] == "Muon" else [])
+            allowed = ([p for p in params if p not in ("params", "self")]
+                       + (["adamw"] if names[cfg.type.lower()] == "Muon" else []))
             hint = difflib.get_close_matches(key, allowed, n=1)
             dym = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(f"{_dotted(path + [key])}: not an option of torch.optim.{names[cfg.type.lower()]}{dym} (allowed: {', '.join(allowed)})")
+            raise ConfigError(f"{_dotted(path + [key])}: not an option of torch.optim.{names[cfg.type.lower()]}{dym} "
+                              f"(allowed: {', '.join(allowed)})")
     if path == ["train", "optimizer"]:
         _try_optimizer(cfg, names[cfg.type.lower()], path, device)
 

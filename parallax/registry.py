@@ -52,7 +52,7 @@ class Registry:
         self.skipped: dict[str, str] = {}  # distribution -> the variable that kept its plugin out
 
     # -- loading ---------------------------------------------------------------------------
-    def load_entry_points(self) -> "Registry":
+    def load_entry_points(self) -> Registry:
         allow = os.environ.get("PARALLAX_LOAD_PLUGINS")
         allowed = None if allow is None else {s.strip() for s in allow.split(",") if s.strip()}
         blocked = {s.strip() for s in os.environ.get("PARALLAX_DISABLE_PLUGINS", "").split(",") if s.strip()}
@@ -89,7 +89,8 @@ class Registry:
             self.add(module, info)
         for name in sorted((allowed or set()) - {ep.name for ep in eps}):
             self.plugins[name] = PluginInfo(name, "", None, None, False,
-                                            error="named in PARALLAX_LOAD_PLUGINS, but no installed package provides it")
+                                            error="named in PARALLAX_LOAD_PLUGINS, "
+                                                  "but no installed package provides it")
         return self
 
     def add(self, module: Any, info: PluginInfo) -> None:

@@ -36,7 +36,7 @@ class RunLock:
         self.fd: int | None = None
         self.note: str | None = None  # set when a dead process's lock was taken over
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         out_dir = self.path.parent
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"out_dir: {out_dir} is a file, not a directory; choose another out_dir=...")
@@ -87,7 +87,7 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -125,6 +125,7 @@ def check_resume_target(out_dir: Path, resume_from: Path) -> None:
                           f"resuming {resume_from} there would mix the two runs; choose a new out_dir=...")
     later = [p for p in existing if p.name > resume_from.name]
     if later:
-        raise ConfigError(f"train.resume: {out_dir} holds checkpoints later than {resume_from.name} ({later[-1].name}), "
-                          f"which keep_last_n would prune in favour of the new ones; resume from {later[-1].name} "
+        raise ConfigError(f"train.resume: {out_dir} holds checkpoints later than {resume_from.name} "
+                          f"({later[-1].name}), which keep_last_n would prune in favour of the new ones; "
+                          f"resume from {later[-1].name} "
                           f"(train.resume=auto), or resume {resume_from.name} into a new out_dir=...")

@@ -19,8 +19,7 @@ import torch
 from . import checkpoint as ckpt
 from .errors import CheckpointError, ConfigError, PluginError
 from .model import build_model
-from .protocols import DataSource
-from .protocols import Tokenizer
+from .protocols import DataSource, Tokenizer
 from .recipe import load_recipe
 from .registry import get_registry
 from .schema import Recipe
@@ -66,7 +65,8 @@ def find_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"{p}: no such run directory; give the out_dir of a run (or one of its step-XXXXXXXX/)")
     found = ckpt.latest(p)
     if found is None:
-        raise CheckpointError(f"{p}: holds no checkpoint (step-XXXXXXXX/); train first with parallax run RECIPE out_dir={p}")
+        raise CheckpointError(f"{p}: holds no checkpoint (step-XXXXXXXX/); "
+                              f"train first with parallax run RECIPE out_dir={p}")
     return found
 
 

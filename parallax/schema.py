@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
-
 MAX_THREADS = 1024  # torch.set_num_threads crashes the process far above any real core count
 MAX_K = 4096  # K steps per position: far past any settling the seeds report (k_max 48); a bound, not a goal
 

@@ -232,9 +232,11 @@ class Trainer:
             if not self.is_main:
                 raise Interrupted(f"rank {self.rank} interrupted at step {self.step}; rank 0 saves the run") from None
             done = ckpt.step_dir(self.out_dir, self.step)
-            with _signals_held():  # a second Ctrl-C, or torchrun's SIGTERM to the survivors, must not cut the save short
+            # a second Ctrl-C, or torchrun's SIGTERM to the survivors, must not cut the save short
+            with _signals_held():
                 saved = done if done.exists() else self.save() if self.step > 0 else None
-            raise Interrupted(f"interrupted at step {self.step}; saved {saved}; continue with train.resume=auto") from None
+            raise Interrupted(f"interrupted at step {self.step}; saved {saved}; "
+                              "continue with train.resume=auto") from None
         summary = {
             "step": self.step, "stop": stop_reason, "train_seconds": round(time.time() - start_time, 1),
             "world_size": self.world, **{k: v for k, v in last_eval.items() if k != "step"},
@@ -257,7 +259,7 @@ class Trainer:
 
     def _header(self) -> str:
         used = json.loads(self.metadata["components"])
-        plugins = sorted({v for v in used.values()})
+        plugins = sorted(set(used.values()))
         n = sum(p.numel() for p in self.model.parameters())
         return (f"parallax run: {n:,} parameters on {self.device} (world {self.world}); "
                 f"plugins: {', '.join(plugins)}; out_dir {self.out_dir}")

@@ -23,11 +23,13 @@ class ClassifierDecoder(parallax.MotorDecoder):
     def __init__(self, cfg: Config, d_model: int, info: parallax.DataInfo):
         super().__init__()
         if not info.num_classes:
-            raise parallax.ConfigError("model.decoder.type: 'classifier' needs a data source with classes (num_classes)")
+            raise parallax.ConfigError(
+                "model.decoder.type: 'classifier' needs a data source with classes (num_classes)")
         self.pool = cfg.pool
         self.norm = parallax.RMSNorm(d_model)
         if cfg.hidden:
-            self.head = nn.Sequential(nn.Linear(d_model, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, info.num_classes))
+            self.head = nn.Sequential(nn.Linear(d_model, cfg.hidden), nn.GELU(),
+                                      nn.Linear(cfg.hidden, info.num_classes))
         else:
             self.head = nn.Linear(d_model, info.num_classes)
 

@@ -36,11 +36,13 @@ class Block(nn.Module):
         self.norm1, self.norm2 = parallax.RMSNorm(d), parallax.RMSNorm(d)
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d, bias=False), nn.GELU(), nn.Linear(mlp_ratio * d, d, bias=False))
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d, bias=False), nn.GELU(),
+                                 nn.Linear(mlp_ratio * d, d, bias=False))
 
     def forward(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         B, T, d = z.shape
-        q, k, v = self.qkv(self.norm1(z)).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B,h,T,dh)
+        q, k, v = (self.qkv(self.norm1(z)).view(B, T, 3, self.heads, d // self.heads)
+                   .permute(2, 0, 3, 1, 4))  # (B,h,T,dh)
         cos, sin = parallax.rope_angles(positions, d // self.heads)
         q, k = parallax.apply_rope(q, cos, sin), parallax.apply_rope(k, cos, sin)
         i = torch.arange(T, device=z.device)
@@ -64,12 +66,14 @@ class MotorDecoder(parallax.MotorDecoder):
         if not info.vocab_size:
             raise parallax.ConfigError("model.decoder.type: 'motor' needs a data source with a token vocabulary")
         if d_model % cfg.heads or (d_model // cfg.heads) % 2:
-            raise parallax.ConfigError(f"model.decoder.heads: d_model {d_model} must split into {cfg.heads} heads of even width")
+            raise parallax.ConfigError(f"model.decoder.heads: d_model {d_model} must split into {cfg.heads} "
+                                       "heads of even width")
         if cfg.context < cfg.layers:
             raise parallax.ConfigError(f"model.decoder.context: must be >= layers ({cfg.layers})")
         self.cfg = cfg
         self.context = cfg.context
-        self.blocks = nn.ModuleList(Block(d_model, cfg.heads, cfg.mlp_ratio, w) for w in layer_windows(cfg.context, cfg.layers))
+        self.blocks = nn.ModuleList(Block(d_model, cfg.heads, cfg.mlp_ratio, w)
+                                    for w in layer_windows(cfg.context, cfg.layers))
         self.norm = parallax.RMSNorm(d_model)
         self.head = nn.Linear(d_model, info.vocab_size, bias=False)
         nn.init.normal_(self.head.weight, std=0.02)

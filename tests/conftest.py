@@ -3,12 +3,11 @@ its ``tiny_recipe`` (a CWS that trains in well under a second per step on 2 CPU 
 ``make_tiny_recipe`` and ``register_plugin``. ``pytester`` runs pytest on generated test files."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import os
 
 import pytest
 import torch

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from ..build import build_data, resolve_device
 from ..errors import ConfigError
 from ..model import build_model
 from ..registry import get_registry
-from ..build import build_data, resolve_device
 
 
 def build_k_loop_model(recipe, bench: str):

@@ -17,6 +17,7 @@ import torch
 from rich.table import Table
 
 from .. import checkpoint as ckpt
+from ..build import build_data, resolve_device
 from ..diagnostics import collect
 from ..errors import ConfigError
 from ..evaluate import evaluate
@@ -24,7 +25,6 @@ from ..model import build_model
 from ..recipe import load_recipe
 from ..registry import get_registry
 from ..runs import find_checkpoint
-from ..build import build_data, resolve_device
 
 
 def load_run(run_dir: str | Path):

@@ -30,6 +30,7 @@ recipe's count. ``--match-on`` chooses the total or the non-embedding count.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -84,7 +85,8 @@ def parse_target(text: str | None, reference: int) -> int:
     try:
         value = float(text[:-1]) * reference if text.lower().endswith("x") else float(text)
     except ValueError:
-        raise ConfigError(f"--match-params: '{text}' is not a parameter count (e.g. 400000) or a multiple (e.g. 2x)") from None
+        raise ConfigError(f"--match-params: '{text}' is not a parameter count (e.g. 400000) "
+                          "or a multiple (e.g. 2x)") from None
     if not math.isfinite(value) or value < 1:
         raise ConfigError(f"--match-params: '{text}' must give a positive parameter count")
     return int(round(value))
@@ -122,7 +124,7 @@ def match_width(ref: str, overrides: list[str], target: int, on: str, registry) 
             hi = mid
         else:
             lo = mid + 1
-    options = [w for w in valid[max(lo - 1, 0): lo + 1]]
+    options = list(valid[max(lo - 1, 0): lo + 1])
     best = min(options, key=lambda w: abs((count(w) or 0) - target))
     return {"key": f"model.{key}", "width": best, "params": count(best), "target": target, "on": on}
 
@@ -146,10 +148,8 @@ def _rss() -> tuple[int | None, int | None]:
 
 
 def _reset_peak_rss() -> None:
-    try:  # "5" resets the peak resident set (VmHWM) to the current one (Linux >= 4.0)
+    with contextlib.suppress(OSError):  # "5" resets the peak resident set (VmHWM) to the current one (Linux >= 4.0)
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def saved_bytes(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, autocast) -> int:
@@ -226,7 +226,8 @@ def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
         "steps": summary["step"], "stop": summary["stop"], "train_seconds": summary["train_seconds"],
         "wall_seconds": round(wall, 1),
         **dict(zip(("tokens_per_s", "tokens_per_s_median"), tokens_per_s(trainer.out_dir / "metrics.jsonl"))),
-        **{k: summary[k] for k in ("val_loss", "val_accuracy", "val_perplexity", "val_bpb", "val_k_mean") if k in summary},
+        **{k: summary[k] for k in ("val_loss", "val_accuracy", "val_perplexity", "val_bpb", "val_k_mean")
+           if k in summary},
         "memory": memory, "peak_bytes": peak, "saved_bytes": saved, "device": str(trainer.device),
     }
     result.write_text(json.dumps(row))
@@ -264,7 +265,8 @@ def _same_seed_and_data(recipes: list, refs: list[str]) -> None:
     first = recipes[0]
     for ref, r in zip(refs[1:], recipes[1:]):
         if r.seed != first.seed:
-            raise ConfigError(f"{ref}: seed {r.seed} differs from {refs[0]}'s {first.seed}; pass seed=N to use one seed for all")
+            raise ConfigError(f"{ref}: seed {r.seed} differs from {refs[0]}'s {first.seed}; "
+                              "pass seed=N to use one seed for all")
         a = first.data.model_dump(mode="json", serialize_as_any=True)
         b = r.data.model_dump(mode="json", serialize_as_any=True)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -282,9 +284,9 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
     ``--match-params`` TARGET. Every recipe and override is validated before anything trains."""
     from rich.console import Console
 
+    from ..build import resolve_device
     from ..recipe import load_recipe
     from ..registry import get_registry
-    from ..build import resolve_device
 
     err = err or Console(stderr=True)
     if steps is not None and steps < 1:
@@ -312,7 +314,8 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
             if matched[i]:
                 per_recipe[i].append(f"{matched[i]['key']}={matched[i]['width']}")
         if not any(matched):
-            raise ConfigError("--match-params: no recipe after the first has a baseline model with a width option (n_embd or d_model) to scale")
+            raise ConfigError("--match-params: no recipe after the first has a baseline model with a width option "
+                              "(n_embd or d_model) to scale")
 
     root = Path(out) if out else Path(tempfile.mkdtemp(prefix="parallax-compare-"))
     names = _run_names(refs)
@@ -331,7 +334,8 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
     finally:
         if not out:
             shutil.rmtree(root, ignore_errors=True)
-    budget = {"steps": steps} if steps is not None else {"minutes": minutes} if minutes is not None else {"recipe": True}
+    budget = ({"steps": steps} if steps is not None
+              else {"minutes": minutes} if minutes is not None else {"recipe": True})
     return {"device": str(resolve_device(recipes[0].train)), "budget": budget, "overrides": overrides,
             "seed": recipes[0].seed, "runs": runs}
 
@@ -351,7 +355,8 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
     if any(is_override[n:]) and not all(is_override[n:]):
         raise ConfigError("bench compare: give the recipes first, then the key=value overrides")
     if n == 0:
-        raise ConfigError("bench compare: name at least one recipe (e.g. recipes/recall.yaml recipes/recall_transformer.yaml)")
+        raise ConfigError("bench compare: name at least one recipe "
+                          "(e.g. recipes/recall.yaml recipes/recall_transformer.yaml)")
     return items[:n], items[n:]
 
 
@@ -374,19 +379,24 @@ def run(args, out, err) -> int:
         metric = (f"{r['val_accuracy']:.1%}" if "val_accuracy" in r
                   else f"{r['val_perplexity']:.2f}" if "val_perplexity" in r else "-")
         table.add_row(
-            Path(r["recipe"]).stem, r["model"] + width, _si(r["params"]), _si(r["non_embedding"]), f"{r['steps']}{early(r)}",
-            f"{_si(r['tokens_per_s'])} ({_si(r['tokens_per_s_median'])})" if r.get("tokens_per_s") else "-", f"{r['val_loss']:.4f}", metric,
+            Path(r["recipe"]).stem, r["model"] + width, _si(r["params"]), _si(r["non_embedding"]),
+            f"{r['steps']}{early(r)}",
+            f"{_si(r['tokens_per_s'])} ({_si(r['tokens_per_s_median'])})" if r.get("tokens_per_s") else "-",
+            f"{r['val_loss']:.4f}", metric,
             f"{r['val_bpb']:.4f}" if "val_bpb" in r else "-", f"{r['val_k_mean']:.2f}" if "val_k_mean" in r else "-",
-            f"{r['peak_bytes'] / 2**20:.0f}M" if r["peak_bytes"] is not None else "n/a", f"{r['saved_bytes'] / 2**20:.1f}M",
+            f"{r['peak_bytes'] / 2**20:.0f}M" if r["peak_bytes"] is not None else "n/a",
+            f"{r['saved_bytes'] / 2**20:.1f}M",
         )
     widen(out)
     out.print(table)
     peak = ("peak: torch.cuda.max_memory_allocated over training" if memory == "cuda_peak_allocated"
             else "RSS+: growth of the peak resident set over the training loop (CPU)")
     if any(early(r) for r in result["runs"]):
-        out.print("* reached the recipe's train.max_steps (which also sets the LR schedule) before the time budget", highlight=False)
+        out.print("* reached the recipe's train.max_steps (which also sets the LR schedule) before the time budget",
+                  highlight=False)
     out.print(f"{peak}; saved: bytes autograd keeps for one training step at the full K budget; tok/s: training "
-              f"tokens per second over the run (median logged window), setup and final evaluation excluded; bpb: validation bits per byte (text); K: mean K at evaluation; M = MiB", highlight=False)
+              f"tokens per second over the run (median logged window), setup and final evaluation excluded; "
+              f"bpb: validation bits per byte (text); K: mean K at evaluation; M = MiB", highlight=False)
     return 0
 
 

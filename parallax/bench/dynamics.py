@@ -79,8 +79,10 @@ def run(args, out, err) -> int:
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
-    table = Table("step k", "RMS move of h (mean)", "median", "move_k/move_k-1 (median)", "turns back", "RMS move of raw",
-                  title=f"workspace dynamics of {run_.checkpoint} (k_max {model.k_max}, {k} steps, {result['positions']} positions)")
+    table = Table("step k", "RMS move of h (mean)", "median", "move_k/move_k-1 (median)", "turns back",
+                  "RMS move of raw",
+                  title=f"workspace dynamics of {run_.checkpoint} "
+                        f"(k_max {model.k_max}, {k} steps, {result['positions']} positions)")
     for r in result["rows"]:
         table.add_row(str(r["k"]), f"{r['move_mean']:.4f}", f"{r['move_median']:.4f}",
                       f"{r['ratio_median']:.3f}" if r["ratio_median"] is not None else "-",

@@ -42,7 +42,8 @@ def run(args, out, err) -> int:
     if args.json:
         out.out(json.dumps(row, indent=2), highlight=False)
         return 0
-    table = Table("path", "s / token", "mean K", title=f"generation at a {args.context}-token context ({row['threads']} threads)")
+    table = Table("path", "s / token", "mean K",
+                  title=f"generation at a {args.context}-token context ({row['threads']} threads)")
     table.add_row("cached (incremental)", f"{row['cached_s_per_token']:.4f}", f"{row['cached_k_mean']:.2f}")
     table.add_row("recompute prefix", f"{row['recompute_s_per_token']:.4f}", f"{row['recompute_k_mean']:.2f}")
     out.print(table)

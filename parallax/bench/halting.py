@@ -122,7 +122,8 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
         follows = {"k_loop_a_over_c": round(ka / kc, 3), "m_over_k_max": round(m / k_max, 3),
                    "k_loop_a_over_c_per_m_over_k_max": round((ka / kc) / (m / k_max), 3)}
     return {
-        "device": str(device), "checkpoint": str(path) if path else None, "mode": mode, "tokens": tokens, "batch_shape": list(inputs[0].shape),
+        "device": str(device), "checkpoint": str(path) if path else None, "mode": mode, "tokens": tokens,
+        "batch_shape": list(inputs[0].shape),
         "repeats": repeats,
         "k_max": model.k_max, "m": round(m, 3), "rows": rows,
         "a_over_b": round(a / b, 3), "c_over_a": round(c / a, 3),
@@ -171,7 +172,8 @@ def run(args, out, err) -> int:
         return 0
     table = Table("setting", "K budget", "mean K", "position-steps/token", "iterations/K loop", "µs/token",
                   "K loop µs/token",
-                  title=f"halting on {result['device']}, {result['mode']} (m = {result['m']}, k_max = {result['k_max']})")
+                  title=f"halting on {result['device']}, {result['mode']} "
+                        f"(m = {result['m']}, k_max = {result['k_max']})")
     for r in result["rows"]:
         loop = r["k_loop_seconds_per_token"]
         table.add_row(r["setting"], str(r["k_budget"]), f"{r['k_mean']:.2f}", f"{r['position_steps_per_token']:.2f}",
@@ -181,7 +183,8 @@ def run(args, out, err) -> int:
     if "k_loop_a_over_c" in result:
         out.print(f"K loop alone: (a)/(c) = {result['k_loop_a_over_c']} for m/k_max = {result['m_over_k_max']} "
                   f"(ratio {result['k_loop_a_over_c_per_m_over_k_max']}; 1.0 when time follows the mean K)")
-    out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} (k_max/m x 0.7 = {result['c_over_a_floor']})")
+    out.print(f"(a)/(b) = {result['a_over_b']}   (c)/(a) = {result['c_over_a']} "
+              f"(k_max/m x 0.7 = {result['c_over_a_floor']})")
     out.print(f"iterations (a)/(b) = {result['a_over_b_lockstep']}: (a)/(b) where a K iteration costs the same "
               f"however few positions are active")
     if "a_at_k_max" in result:

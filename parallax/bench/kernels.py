@@ -142,7 +142,8 @@ def run(args, out, err) -> int:
     if launched:
         cols += ["launched µs", "launched vs reference"]
     table = Table(*cols,
-                  title=f"workspace step on {result['device']} ({result['dtype']}; copy {result['copy_bandwidth_GBps']:.1f} GB/s)")
+                  title=f"workspace step on {result['device']} "
+                        f"({result['dtype']}; copy {result['copy_bandwidth_GBps']:.1f} GB/s)")
     for r in result["rows"]:
         cells = [r["shape"], r["impl"], r["mode"], f"{r['seconds'] * 1e6:.1f}", f"{r['achieved_GBps']:.2f}",
                  f"{r['x_floor']:.1f}", f"{r['speedup_vs_reference']:.2f}x"]

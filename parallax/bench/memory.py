@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
-from ..errors import ConfigError
 from ..build import autocast_dtype, resolve_device
+from ..errors import ConfigError
 from . import build_k_loop_model
 
 
@@ -90,6 +90,7 @@ def run(args, out, err) -> int:
     table = Table("K", "saved for backward", "ratio", "peak (CUDA)", "step s", title=f"training memory vs K ({device})")
     for r in rows:
         peak = f"{r['peak_bytes'] / 2**20:.1f} MiB" if r["peak_bytes"] is not None else "n/a on CPU"
-        table.add_row(str(r["k"]), f"{r['saved_bytes'] / 2**20:.2f} MiB", f"{r['saved_ratio_vs_first']:.3f}", peak, f"{r['seconds']:.3f}")
+        table.add_row(str(r["k"]), f"{r['saved_bytes'] / 2**20:.2f} MiB", f"{r['saved_ratio_vs_first']:.3f}", peak,
+                      f"{r['seconds']:.3f}")
     out.print(table)
     return 0

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import importlib
-
 import json
 import re
-import shutil
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConfigError, Interrupted, PluginError
+from ..errors import ConfigError, Interrupted
 
 
 def dispatch(args, out: Console, err: Console) -> int:
@@ -179,7 +177,8 @@ def cmd_eval(args, out: Console, err: Console) -> int:
     metric = (f"accuracy {result['val_accuracy']:.4f}" if "val_accuracy" in result
               else f"perplexity {result['val_perplexity']:.3f}")
     metric += f"  bits/byte {result['val_bpb']:.4f}" if "val_bpb" in result else ""
-    k = f"  mean K {result['val_k_mean']:.2f}" if result.get("val_k_mean") is not None else ""  # models without a K loop
+    k = (f"  mean K {result['val_k_mean']:.2f}" if result.get("val_k_mean") is not None
+         else "")  # models without a K loop
     out.print(f"{run.checkpoint}: val_loss {result['val_loss']:.4f}  {metric}{k}")
     if result.get("by_kind"):
         table = Table("kind", "positions", "accuracy", "mean K", title="per kind")
@@ -194,9 +193,11 @@ def cmd_eval(args, out: Console, err: Console) -> int:
         for k, n in hist.items():
             table.add_row(str(k), str(n), f"{n / total:6.1%} " + "#" * round(40 * n / total))
         out.print(table)
-        table = Table("quantile", "surprisal (nats)", "targets", "mean K", title="mean K per surprisal quantile (1 = least surprising)")
+        table = Table("quantile", "surprisal (nats)", "targets", "mean K",
+                      title="mean K per surprisal quantile (1 = least surprising)")
         for r in result["k_by_surprisal_quantile"]:
-            table.add_row(str(r["quantile"]), f"{r['surprisal_min']:.2f} - {r['surprisal_max']:.2f} (mean {r['surprisal_mean']:.2f})",
+            table.add_row(str(r["quantile"]),
+                          f"{r['surprisal_min']:.2f} - {r['surprisal_max']:.2f} (mean {r['surprisal_mean']:.2f})",
                           str(r["n"]), f"{r['k_mean']:.2f}")
         out.print(table)
     return 0

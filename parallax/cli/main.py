@@ -102,7 +102,8 @@ def _finite(low: float, inclusive: bool = True):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
         if not math.isfinite(x) or x < low or (x == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if inclusive else '>'} {low:g}, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>=' if inclusive else '>'} {low:g}, got {text}")
         return x
     return parse
 
@@ -117,7 +118,8 @@ def build_parser() -> Parser:
     r.add_argument("recipe", help="a YAML file, or the name of a built-in recipe (see `parallax ls`)")
     r.add_argument("overrides", nargs="*", help="key=value sets a key (value parsed as YAML); ~key removes it")
 
-    e = sub.add_parser("eval", help="evaluate a trained run: loss, perplexity or accuracy, K histogram, K per surprisal quantile")
+    e = sub.add_parser("eval", help="evaluate a trained run: loss, perplexity or accuracy, K histogram, "
+                                    "K per surprisal quantile")
     e.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
     e.add_argument("overrides", nargs="*", help="key=value changes to the run's recipe (e.g. data.val_sequences=16)")
     e.add_argument("--data", nargs="+", metavar="PATH", help="evaluate on these local files (sets data.files)")
@@ -129,7 +131,8 @@ def build_parser() -> Parser:
     g.add_argument("--prompt", required=True, help="the text to continue")
     g.add_argument("--max-new-tokens", type=lambda t: _count(t, 10**12), default=100,
                    help="tokens to generate (default 100); they stream as produced, and Ctrl-C keeps them")
-    g.add_argument("--temperature", type=_finite(0.0), default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
+    g.add_argument("--temperature", type=_finite(0.0), default=0.8,
+                   help="sampling temperature; 0 is greedy (default 0.8)")
     g.add_argument("--top-k", type=_count, default=None, help="sample among the k most likely tokens")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--show-k", action="store_true",
@@ -137,7 +140,8 @@ def build_parser() -> Parser:
     g.add_argument("--json", action="store_true",
                    help="print one JSON object: the text, and each generated token with its id, K and log-probability")
     g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="where to generate (default cpu)")
-    g.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (default 1: one token's small ops run fastest on one)")
+    g.add_argument("--threads", type=_threads, default=1,
+                   help="torch CPU threads (default 1: one token's small ops run fastest on one)")
 
     x = sub.add_parser("export", help="write a run as a folder: config.json, model.safetensors, tokenizer, README.md")
     x.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
@@ -154,7 +158,8 @@ def build_parser() -> Parser:
     c.add_argument("dest")
     c.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
 
-    for name, text in (("cat", "print the resolved recipe, defaults included"), ("validate", "validate a recipe and its overrides")):
+    for name, text in (("cat", "print the resolved recipe, defaults included"),
+                       ("validate", "validate a recipe and its overrides")):
         s = sub.add_parser(name, help=text)
         s.add_argument("recipe")
         s.add_argument("overrides", nargs="*")
@@ -186,7 +191,8 @@ def build_parser() -> Parser:
     m.add_argument("overrides", nargs="*")
     m.add_argument("--k", type=_k, nargs="+", default=[8, 16, 32, 48], help="K values (default 8 16 32 48)")
     m.add_argument("--json", action="store_true")
-    kb = bsub.add_parser("kernels", help="the workspace step: fused vs reference vs torch.compile, with the bandwidth floor")
+    kb = bsub.add_parser("kernels",
+                         help="the workspace step: fused vs reference vs torch.compile, with the bandwidth floor")
     kb.add_argument("--repeats", type=_repeats, default=20)
     kb.add_argument("--json", action="store_true")
     hb = bsub.add_parser("halting", help="wall time per token: adaptive halting vs fixed K = round(m) vs fixed k_max")
@@ -202,26 +208,31 @@ def build_parser() -> Parser:
     hb.add_argument("--sequences", type=_count, default=8, help="validation sequences fed one at a time (incremental)")
     hb.add_argument("--repeats", type=_repeats, default=5, help="interleaved repeats; the median is reported")
     hb.add_argument("--json", action="store_true")
-    a = bsub.add_parser("ablation", help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")
+    a = bsub.add_parser("ablation",
+                        help="validation loss of a trained run with stored entries left out (e.g. a memory bank's)")
     a.add_argument("run_dir", help="a run's out_dir (its newest checkpoint) or one step-XXXXXXXX/ folder")
     a.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.9],
                    help="fractions of entries to leave out (default 0.25 0.5 0.9)")
     a.add_argument("--seeds", type=int, nargs="+", default=[0], help="which random subsets (default 0)")
     a.add_argument("--json", action="store_true")
-    cb = bsub.add_parser("compare", help="train recipes under one budget, side by side: params, tokens/s, validation, memory, K")
+    cb = bsub.add_parser("compare",
+                         help="train recipes under one budget, side by side: params, tokens/s, validation, memory, K")
     cb.add_argument("items", nargs="+", metavar="RECIPE_OR_OVERRIDE",
                     help="recipe files or built-in names, then key=value / ~key overrides applied to every recipe")
     budget = cb.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=_count, default=None, help="train each recipe for N optimizer steps")
-    budget.add_argument("--minutes", type=_finite(0.0, inclusive=False), default=None, help="train each recipe for M minutes of wall time")
+    budget.add_argument("--minutes", type=_finite(0.0, inclusive=False), default=None,
+                        help="train each recipe for M minutes of wall time")
     cb.add_argument("--match-params", nargs="?", const=None, default=False, metavar="TARGET",
                     help="scale each baseline's width to TARGET parameters: N, Nx (N times the first recipe's), "
                          "or (no value) the first recipe's count")
     cb.add_argument("--match-on", choices=["total", "non-embedding"], default="total",
                     help="which parameter count --match-params matches (default total)")
-    cb.add_argument("--out", default=None, help="keep the runs in this folder (default: a temporary folder, removed after)")
+    cb.add_argument("--out", default=None,
+                    help="keep the runs in this folder (default: a temporary folder, removed after)")
     cb.add_argument("--json", action="store_true")
-    db = bsub.add_parser("dynamics", help="how a trained CWS's state moves per K step: monotone contraction or oscillation")
+    db = bsub.add_parser("dynamics",
+                         help="how a trained CWS's state moves per K step: monotone contraction or oscillation")
     db.add_argument("run_dir", help="a trained CWS run's out_dir or step-XXXXXXXX/ folder")
     db.add_argument("--k", type=_k, default=None, help="steps to follow (default: the run's k_max)")
     db.add_argument("--batches", type=_count, default=2, help="validation batches (default 2)")

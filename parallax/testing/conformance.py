@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -59,7 +60,7 @@ class Subject:
 
     @classmethod
     def called(cls, label: str, device: torch.device, build: Callable[[int], nn.Module],
-               example: Callable[[], tuple]) -> "Subject":
+               example: Callable[[], tuple]) -> Subject:
         """A component that runs as one call ``module(input)`` (encoders, decoders): its frozen steps
         are the same call under no_grad."""
 

@@ -23,8 +23,17 @@ from torch import nn
 
 from ..protocols import DataInfo, MotorDecoder
 from .conformance import (
-    Subject, check_dtypes, check_protocol, check_shared, check_step_matches_forward, cut_points, perturbed, randn, require,
-    require_causal, start,
+    Subject,
+    check_dtypes,
+    check_protocol,
+    check_shared,
+    check_step_matches_forward,
+    cut_points,
+    perturbed,
+    randn,
+    require,
+    require_causal,
+    start,
 )
 
 CHECKS = ("protocol", "shapes", "dtypes", "causality", "incremental", "tie")
@@ -90,7 +99,8 @@ def assert_decoder_conforms(
         (h,) = example()
         with torch.no_grad():
             out = m(h)
-        require(tuple(out.shape) == expected, f"after tie, forward returned shape {tuple(out.shape)}; expected {expected}")
+        require(tuple(out.shape) == expected,
+                f"after tie, forward returned shape {tuple(out.shape)}; expected {expected}")
 
     report.check("protocol", lambda: check_protocol(cls, MotorDecoder, name))
     report.check("shapes", shapes)

@@ -23,7 +23,15 @@ import torch
 
 from ..protocols import DataInfo, Encoder
 from .conformance import (
-    Subject, check_dtypes, check_protocol, check_shared, check_step_matches_forward, cut_points, require, require_causal, start,
+    Subject,
+    check_dtypes,
+    check_protocol,
+    check_shared,
+    check_step_matches_forward,
+    cut_points,
+    require,
+    require_causal,
+    start,
 )
 
 CHECKS = ("protocol", "shapes", "dtypes", "causality", "incremental", "tied_weight")

@@ -26,8 +26,18 @@ import torch
 
 from ..protocols import DataInfo, Expert
 from .conformance import (
-    Subject, changed_positions, check_dtypes, check_protocol, check_shared, cut_points, differs, perturbed,
-    randn, require, require_causal, start,
+    Subject,
+    changed_positions,
+    check_dtypes,
+    check_protocol,
+    check_shared,
+    cut_points,
+    differs,
+    perturbed,
+    randn,
+    require,
+    require_causal,
+    start,
 )
 
 CHECKS = ("protocol", "shapes", "dtypes", "clock", "causality", "h_locality", "incremental", "packed")
@@ -102,8 +112,8 @@ def assert_expert_conforms(
         with torch.no_grad():
             ctx = m.context(x)
             if uses_h:
-                moved = changed_positions(m.propose(h, ctx, positions), m.propose(perturbed(h, slice(None)), ctx, positions),
-                                          rtol, atol)
+                moved = changed_positions(m.propose(h, ctx, positions),
+                                          m.propose(perturbed(h, slice(None)), ctx, positions), rtol, atol)
                 require(bool(moved), "declares clock 'h' but its proposals do not change with h_eff at any position; "
                                      "declare clock = 'token' if they depend on the observations only")
                 return

@@ -6,8 +6,9 @@ here: recipes then resolve its names exactly as they would once it is installed.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import PluginError
 from ..registry import PluginInfo, Registry, get_registry

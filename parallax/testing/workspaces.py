@@ -30,8 +30,16 @@ import torch
 from ..kloop import settle as kloop_settle
 from ..protocols import DataInfo, Expert, HaltingRule, Workspace, WorkspaceState
 from .conformance import (
-    Subject, changed_positions, check_dtypes, check_protocol, check_shared, differs, perturbed, randn,
-    require, start,
+    Subject,
+    changed_positions,
+    check_dtypes,
+    check_protocol,
+    check_shared,
+    differs,
+    perturbed,
+    randn,
+    require,
+    start,
 )
 
 CHECKS = ("protocol", "shapes", "dtypes", "slotwise", "positions", "incremental", "halted")
@@ -170,9 +178,11 @@ def assert_workspace_conforms(
             k, v = m.project_slots(torch.cat([tok, other], dim=2))
             k1, v1 = m.project_slots(tok)
             k2, v2 = m.project_slots(other)
-            diff = differs(torch.cat([k1, k2], dim=2), k, rtol, atol) or differs(torch.cat([v1, v2], dim=2), v, rtol, atol)
-        require(diff is None, f"project_slots of a concatenation differs from the concatenation of project_slots{diff}; "
-                              f"project each slot on its own (token-clocked slots are projected once and reused)")
+            diff = (differs(torch.cat([k1, k2], dim=2), k, rtol, atol)
+                    or differs(torch.cat([v1, v2], dim=2), v, rtol, atol))
+        require(diff is None,
+                f"project_slots of a concatenation differs from the concatenation of project_slots{diff}; "
+                f"project each slot on its own (token-clocked slots are projected once and reused)")
 
     def positions() -> None:
         m = build(0)

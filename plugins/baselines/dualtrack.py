@@ -33,9 +33,10 @@ class DualTrack(Model):
         n_embd: int = Field(512, ge=1, description="model width d; must be divisible by n_head")
         num_loops: int = Field(2, ge=1, description="passes through each track; num_loops - 1 exchanges")
         use_swap: bool = Field(True, description="between passes, feed each track the other's output (else its own)")
-        dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedding and on each block's residual branches")
+        dropout: float = Field(0.0, ge=0, lt=1,
+                               description="dropout on the embedding and on each block's residual branches")
 
-    def __init__(self, cfg: "DualTrack.Config", info: DataInfo, registry=None):
+    def __init__(self, cfg: DualTrack.Config, info: DataInfo, registry=None):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd

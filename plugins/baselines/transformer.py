@@ -154,7 +154,8 @@ class TransformerOptions(Spec):
     n_head: int = Field(4, ge=1, description="query heads")
     n_kv_heads: int = Field(2, ge=1, description="key/value heads (GQA); must divide n_head")
     n_embd: int = Field(128, ge=1, description="model width d; must be divisible by n_head")
-    mlp_hidden: int | None = Field(None, ge=1, description="SwiGLU hidden width (default 8/3 * n_embd, rounded up to a multiple of 8)")
+    mlp_hidden: int | None = Field(
+        None, ge=1, description="SwiGLU hidden width (default 8/3 * n_embd, rounded up to a multiple of 8)")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
     tie: bool = Field(True, description="share the token embedding table with the output head")
@@ -171,11 +172,14 @@ class TransformerOptions(Spec):
     @model_validator(mode="after")
     def _heads_divide(self):
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); change n_embd or n_head")
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                             "change n_embd or n_head")
         if self.n_head % self.n_kv_heads:
-            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_heads ({self.n_kv_heads}); set n_kv_heads to a divisor of n_head")
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_heads ({self.n_kv_heads}); "
+                             "set n_kv_heads to a divisor of n_head")
         if (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"head width n_embd/n_head ({self.n_embd // self.n_head}) must be even for RoPE; change n_embd or n_head")
+            raise ValueError(f"head width n_embd/n_head ({self.n_embd // self.n_head}) must be even for RoPE; "
+                             "change n_embd or n_head")
         return self
 
     @property
@@ -256,7 +260,7 @@ class Transformer(Model):
     class Config(TransformerOptions):
         type: str = "transformer"
 
-    def __init__(self, cfg: "Transformer.Config", info: DataInfo, registry=None):
+    def __init__(self, cfg: Transformer.Config, info: DataInfo, registry=None):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd

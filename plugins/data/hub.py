@@ -33,7 +33,8 @@ def check_reachable(what: str, offline_fix: str) -> None:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise parallax.ConfigError(f"{what}: cannot reach the Hugging Face hub at {host}:{port} ({reason}); {offline_fix}") from None
+        raise parallax.ConfigError(f"{what}: cannot reach the Hugging Face hub at {host}:{port} ({reason}); "
+                                   f"{offline_fix}") from None
 
 
 def open_dataset(name: str, split: str, what: str, offline_fix: str, streaming: bool = True):

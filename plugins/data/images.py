@@ -71,7 +71,8 @@ class DigitsData(ImageData):
             from sklearn.datasets import load_digits
             from sklearn.model_selection import train_test_split
         except ImportError:
-            raise parallax.ConfigError("data.type: 'digits' needs scikit-learn; pip install 'parallax-cws[vision]'") from None
+            raise parallax.ConfigError(
+                "data.type: 'digits' needs scikit-learn; pip install 'parallax-cws[vision]'") from None
         d = load_digits()
         # the data lives on the CPU even when built inside a device context (validate uses "meta")
         x = torch.tensor(d.images / 16.0, dtype=torch.float32, device="cpu")[:, None]  # (N,1,8,8) in [0,1]
@@ -105,7 +106,8 @@ class HubImageData(ImageData):
                 break
             if c.image_field not in rec or c.label_field not in rec:
                 raise parallax.ConfigError(
-                    f"data.image_field: '{c.dataset}' records have fields {sorted(rec)}; set data.image_field and data.label_field"
+                    f"data.image_field: '{c.dataset}' records have fields {sorted(rec)}; "
+                    "set data.image_field and data.label_field"
                 )
             xs.append(np.asarray(rec[c.image_field], dtype=np.float32))
             ys.append(int(rec[c.label_field]))
@@ -113,7 +115,8 @@ class HubImageData(ImageData):
             raise parallax.ConfigError(f"data.dataset: split '{split}' of '{c.dataset}' is empty")
         shapes = {a.shape for a in xs}
         if len(shapes) > 1:
-            raise parallax.ConfigError(f"data.dataset: '{c.dataset}' images differ in shape ({sorted(shapes)[:3]}); the image encoder needs one shape")
+            raise parallax.ConfigError(f"data.dataset: '{c.dataset}' images differ in shape ({sorted(shapes)[:3]}); "
+                                       "the image encoder needs one shape")
         x = torch.from_numpy(np.stack(xs))
         x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N,C,H,W) from (N,H,W) or (N,H,W,C)
         scale = 255.0 if float(x.max()) > 1.0 else 1.0

@@ -32,7 +32,8 @@ class MultiHopData(parallax.DataSource):
 
     class Config(parallax.Spec):
         type: str = "multihop"
-        n_nodes: int = Field(64, ge=2, description="node vocabulary; each sequence uses n_chains * chain_len distinct nodes")
+        n_nodes: int = Field(64, ge=2,
+                             description="node vocabulary; each sequence uses n_chains * chain_len distinct nodes")
         n_chains: int = Field(2, ge=1, description="chains per sequence")
         chain_len: int | None = Field(None, ge=2, description="nodes per chain; null: max_hops + 1")
         n_queries: int = Field(8, ge=1, description="queries per sequence")

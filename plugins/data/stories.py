@@ -8,8 +8,8 @@ one-line ``ConfigError`` that names the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import parallax
 
@@ -29,7 +29,8 @@ def read_file(path: Path, text_field: str) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise parallax.ConfigError(f"{where} is not UTF-8 text (invalid byte at offset {e.start}); convert it to UTF-8") from None
+        raise parallax.ConfigError(f"{where} is not UTF-8 text (invalid byte at offset {e.start}); "
+                                   "convert it to UTF-8") from None
     if path.suffix in (".jsonl", ".json"):
         stories = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -38,7 +39,8 @@ def read_file(path: Path, text_field: str) -> list[str]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                raise parallax.ConfigError(f"{where}: line {n} is not JSON; a .jsonl file holds one JSON object per line") from None
+                raise parallax.ConfigError(f"{where}: line {n} is not JSON; "
+                                           "a .jsonl file holds one JSON object per line") from None
             story = rec if isinstance(rec, str) else rec.get(text_field) if isinstance(rec, dict) else None
             if not isinstance(story, str):
                 raise parallax.ConfigError(f"{where}: line {n} has no '{text_field}' string; set data.text_field")
@@ -68,5 +70,6 @@ def stream_hub(dataset: str, split: str, text_field: str, limit: int) -> Iterato
         if i >= limit:
             break
         if text_field not in rec:
-            raise parallax.ConfigError(f"data.text_field: '{dataset}' records have fields {sorted(rec)}, not '{text_field}'")
+            raise parallax.ConfigError(f"data.text_field: '{dataset}' records have fields {sorted(rec)}, "
+                                       f"not '{text_field}'")
         yield rec[text_field]

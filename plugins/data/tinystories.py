@@ -32,7 +32,7 @@ import parallax
 
 from . import token_cache
 from .stories import read_files, stream_hub
-from .tokenizers import ByteTokenizer, BPETokenizer, tokenizer_from_json
+from .tokenizers import BPETokenizer, ByteTokenizer, tokenizer_from_json
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -46,15 +46,20 @@ class TinyStoriesData(parallax.DataSource):
         dataset: str = Field("roneneldan/TinyStories", description="hub id (or a local data set folder)")
         split: str = Field("train", description="the hub split the stories are read from")
         text_field: str = Field("text", description="the record field that holds a story (.jsonl and the hub)")
-        max_stories: int | None = Field(50000, ge=2, description="stories read (the hub streams this many); null reads every file whole")
+        max_stories: int | None = Field(
+            50000, ge=2, description="stories read (the hub streams this many); null reads every file whole")
         val_stories: int = Field(500, ge=1, description="held-out stories (at most a tenth of those read)")
         val_fraction: float | None = Field(
-            None, gt=0, lt=1, description="held out: the last fraction of each file's stories (e.g. 0.1); replaces val_stories")
+            None, gt=0, lt=1,
+            description="held out: the last fraction of each file's stories (e.g. 0.1); replaces val_stories")
         seq_len: int = Field(128, ge=2, description="tokens per training window")
-        val_sequences: int | None = Field(64, ge=1, description="validation windows; null: every window of the held-out stories")
-        tokenizer: Literal["byte", "bpe"] = Field("bpe", description="byte: UTF-8 bytes (257 ids); bpe: trained on the training stories")
+        val_sequences: int | None = Field(
+            64, ge=1, description="validation windows; null: every window of the held-out stories")
+        tokenizer: Literal["byte", "bpe"] = Field(
+            "bpe", description="byte: UTF-8 bytes (257 ids); bpe: trained on the training stories")
         vocab_size: int = Field(4096, ge=258, description="BPE vocabulary size (bpe only)")
-        cache_dir: str | None = Field(None, description="tokenized-data cache; null: $PARALLAX_CACHE_DIR or ~/.cache/parallax")
+        cache_dir: str | None = Field(
+            None, description="tokenized-data cache; null: $PARALLAX_CACHE_DIR or ~/.cache/parallax")
 
     def __init__(self, cfg: Config, seed: int, batch_size: int = 32):
         super().__init__(cfg, seed, batch_size)
@@ -171,11 +176,13 @@ class TinyStoriesData(parallax.DataSource):
     def restore(self, path) -> None:
         f = Path(path) / TOKENIZER_FILE
         if not f.is_file():
-            raise parallax.CheckpointError(f"{path}: no {TOKENIZER_FILE}; this checkpoint was not written by a text run")
+            raise parallax.CheckpointError(f"{path}: no {TOKENIZER_FILE}; "
+                                           "this checkpoint was not written by a text run")
         try:
             text = f.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise parallax.CheckpointError(f"{f}: not a tokenizer (not UTF-8 text); use the tokenizer.json the run saved") from None
+            raise parallax.CheckpointError(f"{f}: not a tokenizer (not UTF-8 text); "
+                                           "use the tokenizer.json the run saved") from None
         self._tokenizer = tokenizer_from_json(text, str(f))
         self._restored = True
 

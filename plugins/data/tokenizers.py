@@ -57,7 +57,7 @@ class BPETokenizer(parallax.Tokenizer):
         self.eos_id = tok.token_to_id(EOS)
 
     @classmethod
-    def train(cls, texts, vocab_size: int) -> "BPETokenizer":
+    def train(cls, texts, vocab_size: int) -> BPETokenizer:
         """Learn merges from an iterable of strings until the vocabulary holds ``vocab_size`` entries."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -101,7 +101,8 @@ def tokenizer_from_json(text: str, where: str = "tokenizer.json",
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise parallax.ConfigError(f"{where}: a BPE tokenizer needs the `tokenizers` package; pip install 'parallax-cws[text]'") from None
+        raise parallax.ConfigError(f"{where}: a BPE tokenizer needs the `tokenizers` package; "
+                                   "pip install 'parallax-cws[text]'") from None
     try:
         return BPETokenizer(Tokenizer.from_str(text))
     except Exception as e:  # tokenizers raises a generic Exception for a malformed document

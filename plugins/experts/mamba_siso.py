@@ -59,7 +59,8 @@ class MambaSISO(parallax.Expert):
             self.dt_proj.weight.mul_(0.1)
         self.B_proj = nn.Linear(d, self.n, bias=False)
         self.C_proj = nn.Linear(d, self.slots * self.n, bias=False)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.n + 1, dtype=torch.float32)).repeat(d, 1))  # (d,N) S4D-real
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, self.n + 1, dtype=torch.float32)).repeat(d, 1))  # (d,N) S4D-real
         self.D = nn.Parameter(torch.ones(d))
         self.out_proj = nn.Linear(d, d, bias=False)
 

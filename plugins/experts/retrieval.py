@@ -71,7 +71,7 @@ class Retrieval(parallax.Expert):
         """Best matches of the states s (B,Tq,dk) among entries keys (B,M,dk), codes (B,M,L), values
         (B,M,d) visible per query as visible (B|1,Tq,M) -> slots (B,Tq,S,d)."""
         B, M = keys.shape[:2]
-        if M < self.slots:  # fewer entries than slots: pad with entries that are never visible
+        if self.slots > M:  # fewer entries than slots: pad with entries that are never visible
             pad = self.slots - M
             keys = torch.cat([keys, keys.new_zeros(B, pad, keys.shape[-1])], 1)
             codes = torch.cat([codes, codes.new_full((B, pad, codes.shape[-1]), -1)], 1)

@@ -25,7 +25,8 @@ pytest.importorskip("triton")
 ARCHS = (80, 90)
 # q/k/v dtype, then cum's: autocast gives bf16 projections beside a float32 cum
 DTYPES = ("fp32", "bf16", "bf16+fp32cum", "fp16")
-TILES = ((8, 4, 16), (8, 8, 32))  # (BS, BH, BD) of the shipped recipes (S=8, H=4, dh=16), and the text-wide shape (H=8, dh=32)
+# (BS, BH, BD) of the shipped recipes (S=8, H=4, dh=16), and the text-wide shape (H=8, dh=32)
+TILES = ((8, 4, 16), (8, 8, 32))
 FP32_ONLY = {"DECAY", "GDECAY_PART"}  # the launcher passes these as float32 whatever the inputs' dtype
 CUM_LIKE = {"CUM", "CUM_OUT", "RAW", "G_CUM", "GCUM0"}  # (N,H,S) tensors, in cum's dtype
 

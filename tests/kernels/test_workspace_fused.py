@@ -56,7 +56,9 @@ def test_fused_matches_reference_float32(shape, masked):
 def test_fused_matches_reference_bf16(shape):
     args = inputs(*shape, torch.bfloat16, masked=True)
     (fo, fc, _), fg = run(workspace_step_fused, args, 3.0)
-    (ro, rc, _), rg = run(workspace_step_ref, [a.float().detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in args], 3.0)
+    (ro, rc, _), rg = run(workspace_step_ref,
+                          [a.float().detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
+                           for a in args], 3.0)
     for a, b in [(fo, ro), (fc, rc), *zip(fg[:4], rg[:4])]:
         assert_close(a, b, 2e-2)
 

@@ -52,7 +52,8 @@ def test_check_plugins_names_the_package_to_install(foreign):
 
 
 def test_check_plugins_passes_when_every_component_is_installed(tmp_path):
-    path = ckpt.save(tmp_path, 1, nn.Linear(2, 2), {}, "", {"components": json.dumps({"experts/siren": "parallax-cws==0.1.0"})})
+    path = ckpt.save(tmp_path, 1, nn.Linear(2, 2), {}, "",
+                     {"components": json.dumps({"experts/siren": "parallax-cws==0.1.0"})})
     ckpt.check_plugins(path, get_registry())
 
 

@@ -6,11 +6,11 @@ import torch.nn.functional as F
 
 import parallax
 from parallax.bench.memory import measure
+from parallax.build import build_data
 from parallax.kloop import settle
 from parallax.model import build_model
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
-from parallax.build import build_data
 
 
 def tiny_model(tiny_recipe, *overrides):
@@ -81,7 +81,8 @@ def test_gradients_reach_every_trainable_parameter(tiny_recipe):
     batch = data.batch(1)
     out = model(batch["inputs"])
     F.cross_entropy(out.logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not missing, f"no gradient reaches: {missing}"
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from parallax.build import build_data
 from parallax.errors import ConfigError
 from parallax.model import build_model
-from parallax.optim import MuonAdamW, muon_split
+from parallax.optim import MuonAdamW, make_optimizer, muon_split
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
-from parallax.build import build_data
-from parallax.optim import make_optimizer
 
 
 def model_and_recipe(path, *overrides):
@@ -68,8 +67,10 @@ def test_muon_steps_schedules_and_round_trips(make_tiny_recipe):
 
 def test_muon_options_are_validated_on_both_sides(make_tiny_recipe):
     path = make_tiny_recipe()
-    load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.ns_steps=3", "train.optimizer.adamw={betas: [0.9, 0.95]}"])
-    with pytest.raises(ConfigError, match=r"train\.optimizer\.ns_stepz: not an option of torch\.optim\.Muon; did you mean 'ns_steps'"):
+    load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.ns_steps=3",
+                            "train.optimizer.adamw={betas: [0.9, 0.95]}"])
+    with pytest.raises(ConfigError, match=r"train\.optimizer\.ns_stepz: not an option of torch\.optim\.Muon; "
+                                          r"did you mean 'ns_steps'"):
         load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.ns_stepz=3"])
     with pytest.raises(ConfigError, match=r"train\.optimizer\.adamw\.betaz: not an option of torch\.optim\.AdamW"):
         load_recipe(str(path), ["train.optimizer.type=muon", "train.optimizer.adamw={betaz: 1}"])

@@ -62,7 +62,8 @@ def test_name_conflict_names_both_plugins_and_keeps_the_first(fake_eps):
     fake_eps(EntryPoint("dup", "dup_plugin_mod", "parallax"))
     reg = Registry().load_entry_points()
     err = reg.plugins["dup"].error
-    assert "mamba_siso" in err and "builtin-experts" in err and "dup" not in reg.entry("experts", "mamba_siso").plugin.name
+    assert ("mamba_siso" in err and "builtin-experts" in err
+            and "dup" not in reg.entry("experts", "mamba_siso").plugin.name)
     assert "other_expert" not in reg.names("experts")  # a conflicting plugin registers nothing
 
 
@@ -70,7 +71,7 @@ def test_hook_that_raises_is_isolated(fake_eps):
     fake_module("raising_plugin_mod", raises=RuntimeError("boom"))
     fake_eps(EntryPoint("raiser", "raising_plugin_mod", "parallax"))
     reg = Registry().load_entry_points()
-    assert "register_experts raised RuntimeError: boom" == reg.plugins["raiser"].error
+    assert reg.plugins["raiser"].error == "register_experts raised RuntimeError: boom"
     assert "mamba_siso" in reg.names("experts")
 
 

@@ -10,7 +10,8 @@ from parallax.cli.main import main
 from parallax.rundir import RunLock
 from parallax.testing import train
 
-HOLD = "import sys, time; from parallax.rundir import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+HOLD = ("import sys, time; from parallax.rundir import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)")
 
 
 def test_a_second_run_on_a_busy_out_dir_exits_2_at_once_naming_the_lock_and_the_process(tiny_recipe, tmp_path, capsys):
@@ -43,7 +44,8 @@ def test_resuming_from_a_path_into_another_runs_out_dir_is_refused(tiny_recipe, 
     train(tiny_recipe, tmp_path / "a", steps=3)
     train(tiny_recipe, tmp_path / "b", "seed=1", steps=6)
     before = (tmp_path / "b" / "metrics.jsonl").read_text()
-    code = main(["run", str(tiny_recipe), f"out_dir={tmp_path / 'b'}", f"train.resume={tmp_path / 'a' / 'step-00000003'}"])
+    code = main(["run", str(tiny_recipe), f"out_dir={tmp_path / 'b'}",
+                 f"train.resume={tmp_path / 'a' / 'step-00000003'}"])
     assert code == 2
     err = capsys.readouterr().err
     assert "already holds another run's checkpoints" in err and "choose a new out_dir" in err

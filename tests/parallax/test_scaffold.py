@@ -18,8 +18,12 @@ import pytest
 from parallax.cli.main import main
 from parallax.scaffold import KINDS, files_for
 from parallax.testing import (
-    assert_decoder_conforms, assert_encoder_conforms, assert_expert_conforms, assert_workspace_conforms,
-    registered, train,
+    assert_decoder_conforms,
+    assert_encoder_conforms,
+    assert_expert_conforms,
+    assert_workspace_conforms,
+    registered,
+    train,
 )
 
 CHECK = {"expert": assert_expert_conforms, "encoder": assert_encoder_conforms,

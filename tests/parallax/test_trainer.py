@@ -78,13 +78,14 @@ def _cli(*args: str) -> list[str]:
 
 def test_killed_run_resumes_to_identical_weights(tiny_recipe, tmp_path):
     # the ramped K schedule draws from torch's RNG and counts batches: both must survive a resume
-    common = [str(tiny_recipe), "train.max_steps=40", "train.save_every=5", "train.eval_every=100", "train.keep_last_n=50",
-              "model.train_k=ramp", "model.k_ramp_steps=20"]
+    common = [str(tiny_recipe), "train.max_steps=40", "train.save_every=5", "train.eval_every=100",
+              "train.keep_last_n=50", "model.train_k=ramp", "model.k_ramp_steps=20"]
     ref = tmp_path / "ref"
     subprocess.run(_cli("run", *common, f"out_dir={ref}"), check=True, capture_output=True)
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_cli("run", *common, f"out_dir={cut}"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli("run", *common, f"out_dir={cut}"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (cut / "step-00000010").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -224,7 +225,8 @@ def test_sigterm_saves_the_run_like_ctrl_c(tiny_recipe, tmp_path):
 
 
 def test_old_checkpoints_keep_their_optimizer_state_across_a_torch_upgrade():
-    from parallax.resume import compatible_groups as _compatible_groups, group_keys as _group_keys
+    from parallax.resume import compatible_groups as _compatible_groups
+    from parallax.resume import group_keys as _group_keys
 
     model = torch.nn.Linear(4, 4)
     adamw = _group_keys(torch.optim.AdamW(model.parameters()).state_dict())

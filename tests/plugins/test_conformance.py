@@ -11,7 +11,10 @@ import torch
 import parallax
 from parallax.registry import get_registry
 from parallax.testing import (
-    assert_decoder_conforms, assert_encoder_conforms, assert_expert_conforms, assert_workspace_conforms,
+    assert_decoder_conforms,
+    assert_encoder_conforms,
+    assert_expert_conforms,
+    assert_workspace_conforms,
 )
 
 CHECK = {
@@ -49,7 +52,8 @@ def cases():
 IMAGES = parallax.DataInfo(num_classes=3, input_shape=(1, 4, 4))
 ARGS = {
     # images (B,C,H,W) -> 4 patches: no per-position inputs, so no causality or token-step checks
-    ("encoders", "image"): {"info": IMAGES, "inputs": torch.randn(2, 1, 4, 4), "skip": ("shapes", "causality", "incremental")},
+    ("encoders", "image"): {"info": IMAGES, "inputs": torch.randn(2, 1, 4, 4),
+                            "skip": ("shapes", "causality", "incremental")},
     ("decoders", "classifier"): {"info": IMAGES},
 }
 

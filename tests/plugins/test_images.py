@@ -27,7 +27,8 @@ def test_encoder_shapes_and_patch_check():
     info = parallax.DataInfo(num_classes=10, input_shape=(1, 8, 8))
     enc = ImageEncoder(ImageEncoder.Config(patch=4), 16, info)
     assert enc(torch.randn(3, 1, 8, 8)).shape == (3, 4, 16)
-    with pytest.raises(parallax.ConfigError, match=r"model.encoder.patch: 8x8 images do not split into 3x3 patches.*\(1, 2, 4, 8\)"):
+    with pytest.raises(parallax.ConfigError,
+                       match=r"model.encoder.patch: 8x8 images do not split into 3x3 patches.*\(1, 2, 4, 8\)"):
         ImageEncoder(ImageEncoder.Config(patch=3), 16, info)
 
 

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 import parallax
 from parallax import checkpoint as ckpt
+from parallax.build import build_data
 from parallax.model import build_model
 from parallax.recipe import load_recipe
 from parallax.registry import get_registry
 from parallax.testing import train
-from parallax.build import build_data
 
 D, INFO = 16, parallax.DataInfo(vocab_size=10)
 
@@ -26,7 +26,8 @@ def make(**opts):
 
 
 def brute_force(e, x: torch.Tensor) -> torch.Tensor:
-    """The definition, one position and one entry at a time: pair j is written at j+1 and kept for capacity positions."""
+    """The definition, one position and one entry at a time: pair j is written at j+1 and kept for capacity
+    positions."""
     B, T, _ = x.shape
     s = e.k_proj(x)
     code = e.hash(s)
@@ -74,7 +75,7 @@ def test_index_never_exceeds_its_bound_over_100k_tokens():
     assert int(e.stored) == 128 and e.mem_keys.shape[0] == 128
     cache, sizes = None, []
     with torch.no_grad():
-        for t in range(300):  # generation: the cache is the index, bounded the same way
+        for _t in range(300):  # generation: the cache is the index, bounded the same way
             _, cache = e.context_step(torch.randn(1, 1, D, generator=gen), cache)
             sizes.append(cache["keys"].shape[1])
     assert max(sizes) == 128

@@ -36,7 +36,8 @@ def test_fused_workspaces_conform(name):
 def test_state_dicts_are_interchangeable():
     reg = get_registry()
     info = parallax.DataInfo(vocab_size=5)
-    mods = {n: reg.get("workspaces", n)(reg.get("workspaces", n).Config(type=n), 16, info) for n in ("cws", "cws_fused", "auto")}
+    mods = {n: reg.get("workspaces", n)(reg.get("workspaces", n).Config(type=n), 16, info)
+            for n in ("cws", "cws_fused", "auto")}
     keys = {n: sorted(m.state_dict()) for n, m in mods.items()}
     assert keys["cws"] == keys["cws_fused"] == keys["auto"]
     mods["cws_fused"].load_state_dict(mods["cws"].state_dict())

@@ -1,4 +1,5 @@
-"""``parallax bench compare``: recipes trained side by side under one budget, parameters matched, bad input in one line."""
+"""``parallax bench compare``: recipes trained side by side under one budget, parameters matched, bad input in
+one line."""
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ def test_table_names_every_column_and_what_memory_means(monkeypatch, pair, capsy
     assert main(["bench", "compare", *map(str, pair), "--minutes", "5"]) == 0
     text = capsys.readouterr().out
     assert text.count("10*") == 1
-    for needle in ("reached the recipe's train.max_steps", "budget 5.0 min", "195.6k", "187.4k", "12.3k (23.5k)", "87.5%",
-                   "7.25", "transformer n_embd=128", "RSS+", "3M", "growth of the peak resident set", "1.2345", "bits per byte"):
+    for needle in ("reached the recipe's train.max_steps", "budget 5.0 min", "195.6k", "187.4k", "12.3k (23.5k)",
+                   "87.5%", "7.25", "transformer n_embd=128", "RSS+", "3M", "growth of the peak resident set", "1.2345",
+                   "bits per byte"):
         assert needle in text, needle
 
 

@@ -1,4 +1,5 @@
-"""``parallax bench dynamics``: step-to-step movement of the workspace state, and what it calls monotone or oscillating."""
+"""``parallax bench dynamics``: step-to-step movement of the workspace state, and what it calls monotone or
+oscillating."""
 from __future__ import annotations
 
 import json
@@ -64,7 +65,8 @@ def test_states_follow_the_k_loop_on_a_trained_run(tiny_recipe, tmp_path, capsys
 
 def test_a_model_without_a_k_loop_is_a_one_line_error(tiny_recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train(tiny_recipe, run_dir, "~model", "model={type: transformer, n_layer: 1, n_head: 2, n_kv_heads: 1, n_embd: 16}", steps=1)
+    train(tiny_recipe, run_dir, "~model", "model={type: transformer, n_layer: 1, n_head: 2, n_kv_heads: 1, n_embd: 16}",
+          steps=1)
     capsys.readouterr()
     assert main(["bench", "dynamics", str(run_dir)]) == 2
     err = capsys.readouterr().err

@@ -32,7 +32,8 @@ class CopiesTiedWeight(Token):
 @pytest.mark.parametrize(
     "cls,needle",
     [
-        (ReadsNextToken, r"causality: the observation at position 0 changed when only inputs at positions >= 1 changed"),
+        (ReadsNextToken,
+         r"causality: the observation at position 0 changed when only inputs at positions >= 1 changed"),
         (StepForgetsWindow, r"incremental: step, one input at a time, differs from forward at position 1"),
         (CopiesTiedWeight, r"tied_weight: tied_weight must be one of the encoder's own parameters"),
     ],

@@ -146,7 +146,8 @@ def test_a_correct_expert_passes():
     "cls,needle",
     [
         (WrongShape, r"shapes: propose returned shape \(2, 9, 1, 16\); expected \(B,T,S_e,d\) = \(2, 9, 2, 16\)"),
-        (LooksAhead, r"causality: the proposal at position 0 changed when only observations and h_eff at positions >= 1"),
+        (LooksAhead,
+         r"causality: the proposal at position 0 changed when only observations and h_eff at positions >= 1"),
         (ForgetsCache, r"incremental: the incremental path .* differs from the parallel path .* at position 1"),
         (IgnoresH, r"clock: declares clock 'h' but its proposals do not change with h_eff"),
         (TokenReadsH, r"clock: declares clock 'token' but its proposals change with h_eff"),
@@ -187,7 +188,8 @@ def test_a_registered_name_resolves_through_the_registry_and_must_match_config_t
         register("running_mean", RunningMean), register("renamed", RunningMean))))
     register_plugin(plugin, "kit-test")
     assert_expert_conforms("running_mean")
-    with pytest.raises(ConformanceError, match="Config.type defaults to 'running_mean' but the plugin registers it as 'renamed'"):
+    with pytest.raises(ConformanceError,
+                       match="Config.type defaults to 'running_mean' but the plugin registers it as 'renamed'"):
         assert_expert_conforms("renamed")
 
 

@@ -19,9 +19,11 @@ from parallax.cli.main import main
 ROOT = Path(__file__).resolve().parents[3] / "recipes"
 sys.path.insert(0, str(ROOT.parent / "tests" / "plugins" / "data"))
 from text_helpers import write_txt  # noqa: E402
+
 TEXT = ["tinystories_transformer", "tinystories_transformer_2layer", "tinystories_dualtrack"]
 RECALL = ["recall_transformer", "recall_transformer_2layer"]
-SMALL = ["train.batch_size=4", "train.max_steps=3", "train.eval_every=3", "train.max_minutes=null", "train.progress=false"]
+SMALL = ["train.batch_size=4", "train.max_steps=3", "train.eval_every=3", "train.max_minutes=null",
+         "train.progress=false"]
 
 
 def summary(out: Path) -> dict:
@@ -53,8 +55,8 @@ def test_recall_baselines_train_as_shipped(name, tmp_path, capsys):
 
 @pytest.mark.parametrize("model", ["transformer", "dualtrack"])
 def test_baselines_without_an_image_encoder_say_what_to_add_on_digits(model, tmp_path, capsys):
-    rc = main(["validate", str(ROOT / "digits.yaml"), "~model", f"model={{type: {model}, n_embd: 16, n_head: 2, n_kv_heads: 1}}",
-               f"out_dir={tmp_path}"])
+    rc = main(["validate", str(ROOT / "digits.yaml"), "~model",
+               f"model={{type: {model}, n_embd: 16, n_head: 2, n_kv_heads: 1}}", f"out_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert f"model.type: {model} reads tokens" in err and "model.encoder={type: image" in err, err

@@ -114,7 +114,8 @@ def test_incremental_decoding_needs_the_token_embedding():
     reg = get_registry()
     enc = reg.get("encoders", "image").Config(type="image", patch=2)
     dec = reg.get("decoders", "classifier").Config(type="classifier")
-    model = Transformer(Transformer.Config(n_layer=1, n_embd=16, n_head=2, n_kv_heads=1, encoder=enc, decoder=dec), info)
+    model = Transformer(Transformer.Config(n_layer=1, n_embd=16, n_head=2, n_kv_heads=1, encoder=enc, decoder=dec),
+                        info)
     assert model.tok is None and model.head is None
     assert model(torch.randn(2, 1, 4, 4)).logits.shape == (2, 3)  # 4 patches in, one class row per image out
     with pytest.raises(ConfigError, match="incremental decoding needs the token embedding"):

@@ -53,7 +53,7 @@ def test_answers_follow_the_chain(cfg):
         for row in range(b["inputs"].shape[0]):
             inputs, targets, kind = (b[k][row].tolist() for k in ("inputs", "targets", "kind"))
             queries = walk(inputs, data)
-            for pos, key, h, node in queries:
+            for pos, _key, h, node in queries:
                 assert 1 <= h <= data.cfg.h_max
                 assert targets[pos] == node and inputs[pos + 1] == node  # the answer is the next input too
                 assert kind[pos] == h
@@ -113,7 +113,7 @@ def test_eval_hops_ask_longer_walks_of_the_same_contexts():
     hs = set()
     for b in far_batches:
         for row in b["inputs"].tolist():
-            for pos, key, h, node in walk(row, far):
+            for _pos, _key, h, _node in walk(row, far):
                 hs.add(h)
         assert set(b["kind"].unique().tolist()) <= {0, 5, 6, 7, 8}
     assert hs == {5, 6, 7, 8}

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from parallax.cli.main import main
-from parallax.recipe import load_recipe
 from parallax.registry import get_registry
 from parallax_plugins.data import tinystories as ts
 from parallax_plugins.data.stories import read_file
@@ -125,7 +124,8 @@ def test_hub_path_streams_a_local_dataset_folder(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     (folder / "train.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in stories(20)) + "\n")
-    c = ts.TinyStoriesData.Config(dataset=str(folder), seq_len=8, tokenizer="byte", max_stories=12, cache_dir=str(tmp_path / "c"))
+    c = ts.TinyStoriesData.Config(dataset=str(folder), seq_len=8, tokenizer="byte", max_stories=12,
+                                  cache_dir=str(tmp_path / "c"))
     data = ts.TinyStoriesData(c, seed=0, batch_size=2)
     train, val = data._read_stories()
     assert train + val == stories(12) and len(val) == 1
@@ -175,7 +175,7 @@ def test_a_damaged_cached_tokenizer_says_to_delete_it(tmp_path):
     cached = next((tmp_path / "cache").glob("bpe-*.json"))
     cached.write_text("{not json")
     with pytest.raises(ts.parallax.CheckpointError, match="delete this cached file"):
-        make(tmp_path, [f], tokenizer="bpe", vocab_size=300).tokenizer
+        make(tmp_path, [f], tokenizer="bpe", vocab_size=300).tokenizer  # noqa: B018 - reading it loads the cache
 
 
 def test_val_fraction_holds_out_the_last_stories_of_each_file(tmp_path):

@@ -55,7 +55,8 @@ class CausalConv(parallax.Expert):
             cache = x_t.new_zeros(x_t.shape[0], self.reach, x_t.shape[2])  # the zero padding of context
         window = torch.cat([cache, x_t], dim=1)  # (B,reach+1,d); index reach is position t
         taps = [window[:, self.reach - (self.k - 1) * dil :: dil] for dil in self.dilations]  # (B,k,d) each
-        c = torch.stack([torch.einsum("bkd,dk->bd", tap, self.weight[j]) for j, tap in enumerate(taps)], dim=1)  # (B,S,d)
+        c = torch.stack([torch.einsum("bkd,dk->bd", tap, self.weight[j]) for j, tap in enumerate(taps)],
+                        dim=1)  # (B,S,d)
         return self.out(F.gelu(c))[:, None], window[:, 1:]
 
     def propose(self, h_eff, ctx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
