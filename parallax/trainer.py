@@ -26,6 +26,7 @@ from . import checkpoint as ckpt
 from .build import autocast_dtype, build_data, resolve_device, seed_all, tokens_per_example
 from .callbacks import Callback
 from .diagnostics import collect as collect_diagnostics
+from .ema import EMA
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate
 from .metrics import MetricsFile
@@ -47,6 +48,9 @@ class Trainer:
         self.out_dir = Path(recipe.out_dir)
         self.console = console or Console(stderr=True)
         self.callbacks = list(callbacks or [])
+        self.ema = EMA(recipe.train.ema) if recipe.train.ema else None  # evaluates and saves the weight average
+        if self.ema:
+            self.callbacks.append(self.ema)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -139,7 +143,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            # the global norm before clipping; the training record logs the last step's of its window
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -185,6 +190,7 @@ class Trainer:
                             "tokens_per_s": tokens_per_step * window_n / max(elapsed, 1e-9),
                             "k_mean": window_k / window_n if k_mean is not None else None,
                             "lr": self.scheduler.get_last_lr()[0],
+                            **({"grad_norm": self.grad_norm.item()} if cfg.grad_clip else {}),
                             **collect_diagnostics(self.model),
                         }
                         self.metrics.append(rec)
@@ -226,7 +232,8 @@ class Trainer:
         return summary
 
     def _eval(self) -> dict:
-        result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
+        with self.ema.swapped(self.model) if self.ema else nullcontext():
+            result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
         result = {"step": self.step, **result, **collect_diagnostics(self.model)}
         self.metrics.append(result)
         self._emit("on_eval", result)
