@@ -120,8 +120,11 @@ def run_seeds(recipe: str, seeds: list[int], overrides: list[str], root: Path, j
         row = _train_in_child(recipe, [*overrides, *extra, f"seed={seed}", f"out_dir={run_dir}"], run_dir, err)
         return seed_row(seed, row, run_dir, threshold)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         return list(pool.map(one, seeds, dirs))
+    finally:  # a failed run stops the sweep: the seeds not yet started are not started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_seeds(seeds: list[int]) -> None:
