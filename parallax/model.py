@@ -5,6 +5,7 @@ plugin. ``build_model`` instantiates any registered model type from a validated 
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,6 +53,16 @@ def build_model(cfg: Spec, info: DataInfo, registry: Registry | None = None) -> 
     return cls(cfg, info, registry)
 
 
+def poisson_k(mean: float, sigma: float) -> int:
+    """One K draw from a log-normal Poisson (Geiping et al. 2025, "Huginn", recurrent-pretraining).
+
+    tau ~ Normal(log(mean) - sigma^2 / 2, sigma); K ~ Poisson(exp(tau)) + 1. The -sigma^2/2 makes
+    E[exp(tau)] = mean; the heavy tail trains some batches deep while most stay cheap. torch's RNG,
+    so the draw is part of the seeded, checkpointed run state."""
+    tau = torch.normal(torch.tensor(math.log(mean) - sigma ** 2 / 2), torch.tensor(float(sigma)))
+    return int(torch.poisson(tau.exp()).item()) + 1
+
+
 @dataclass
 class CWSCache:
     """A CWS model's generation caches for one batch of sequences (``decode_step``)."""
@@ -76,13 +87,16 @@ class CWSModel(Model):
         d_model: int = Field(64, gt=0, description="workspace width d")
         k_max: int = Field(8, ge=1, le=MAX_K, description="maximum K steps per position")
         live_steps: int = Field(1, ge=1, description="steps with gradient at the end of the loop")
-        train_k: Literal["max", "uniform", "ramp"] = Field(
+        train_k: Literal["max", "uniform", "ramp", "poisson"] = Field(
             "max",
-            description="K budget of each training batch: k_max; uniform in [live_steps, k_max]; or ramp: "
-            "uniform in [live_steps, cap] with cap rising linearly to k_max over k_ramp_steps. "
+            description="K budget of each training batch: k_max; uniform in [live_steps, k_max]; ramp: "
+            "uniform in [live_steps, cap] with cap rising linearly to k_max over k_ramp_steps; or poisson: "
+            "Huginn's log-normal Poisson with mean k_mean and spread k_sigma, clipped to [live_steps, k_max]. "
             "Evaluation and generation always use k_max.",
         )
         k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
+        k_mean: float | None = Field(None, gt=0, description="train_k poisson: mean K r (default k_max / 2)")
+        k_sigma: float = Field(0.5, ge=0, description="train_k poisson: sigma of log(rate)")
         compact_below: float = Field(
             COMPACT_BELOW, ge=0, le=1,
             description="pack the still-settling positions of the whole batch into one list and run the frozen "
@@ -131,6 +145,8 @@ class CWSModel(Model):
         lo, cap = self.live_steps, self.k_max
         if self.cfg.train_k == "max":
             return cap
+        if self.cfg.train_k == "poisson":
+            return min(max(poisson_k(self.cfg.k_mean or self.k_max / 2, self.cfg.k_sigma), lo), cap)
         if self.cfg.train_k == "ramp":
             frac = min(1.0, float(self.batches_seen) / self.cfg.k_ramp_steps)
             cap = lo + int(frac * (self.k_max - lo))

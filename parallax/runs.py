@@ -81,6 +81,10 @@ def open_run(path: str | Path, overrides: list[str] | None = None, device: str =
     data.restore(found)
     model = build_model(recipe.model, data.info, registry)
     ckpt.load_model_state(found, model)
+    if recipe.train.ema:  # the weights the run evaluated with
+        from .ema import load_ema
+
+        load_ema(found, model)
     return OpenRun(recipe=recipe, data=data, model=model.to(device).eval(), checkpoint=found)
 
 

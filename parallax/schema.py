@@ -89,6 +89,8 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = Field(OptimizerConfig(), description="torch.optim optimizer and its options")
     schedule: ScheduleConfig = Field(ScheduleConfig(), description="linear warm-up, then cosine decay")
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; null disables")
+    ema: float | None = Field(None, gt=0, lt=1, description="decay of an EMA of the weights, used for evaluation "
+                              "and saved with each checkpoint (e.g. 0.999); null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast dtype; auto = bf16 on CUDA when supported, else fp32"
     )

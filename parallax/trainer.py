@@ -29,6 +29,7 @@ from .build import autocast_dtype, build_data, resolve_device, seed_all, tokens_
 from .callbacks import Callback
 from .diagnostics import collect as collect_diagnostics
 from .distributed import all_finite, any_rank
+from .ema import EMA
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate
 from .loggers import build_loggers
@@ -50,6 +51,7 @@ class Trainer:
         self.cfg = recipe.train
         self.out_dir = Path(recipe.out_dir)
         self.console = console or Console(stderr=True)
+        self.ema = EMA(recipe.train.ema) if recipe.train.ema else None  # evaluates and saves the weight average
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -58,7 +60,7 @@ class Trainer:
         # the loggers of train.loggers (rank 0 writes the logs) come first: a callback reading
         # metrics.jsonl in on_log finds the record there
         loggers = build_loggers(self.cfg.loggers, self.registry) if self.is_main else []
-        self.callbacks = [*loggers, *(callbacks or [])]
+        self.callbacks = [*loggers, *([self.ema] if self.ema else []), *(callbacks or [])]
 
     def _emit(self, event: str, *args) -> None:
         for cb in self.callbacks:
@@ -156,7 +158,8 @@ class Trainer:
         self.scaler.scale(loss + out.stats.get("aux_loss", 0)).backward()  # aux_loss: e.g. a learned halting head
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            # the global norm before clipping; the training record logs the last step's of its window
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -207,6 +210,7 @@ class Trainer:
                             "tokens_per_s": tokens_per_step * window_n / max(elapsed, 1e-9),
                             "k_mean": window_k / window_n if k_mean is not None else None,
                             "lr": self.scheduler.get_last_lr()[0],
+                            **({"grad_norm": self.grad_norm.item()} if cfg.grad_clip else {}),
                             **collect_diagnostics(self.model),
                         }
                         self._emit("on_log", rec)
@@ -249,7 +253,8 @@ class Trainer:
         return summary
 
     def _eval(self) -> dict:
-        result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
+        with self.ema.swapped(self.model) if self.ema else nullcontext():
+            result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
         result = {"step": self.step, **result, **collect_diagnostics(self.model)}
         self._emit("on_eval", result)
         if self.is_main:

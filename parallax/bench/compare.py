@@ -362,6 +362,16 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 def run(args, out, err) -> int:
     recipes, overrides = split_items(args.items)
+    if getattr(args, "seeds", None):  # mean ± std per recipe over several seeds
+        from .seeds import compare_seeds, print_compare_seeds
+
+        result = compare_seeds(recipes, overrides, args.seeds, args.steps, args.minutes, args.out, args.match_params,
+                               args.match_on.replace("-", "_"), err)
+        if args.json:
+            out.out(json.dumps(result, indent=2), highlight=False)
+        else:
+            print_compare_seeds(result, out)
+        return 0
     result = measure(recipes, overrides, args.steps, args.minutes, args.out, args.match_params,
                      args.match_on.replace("-", "_"), err)
     if args.json:

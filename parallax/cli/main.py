@@ -230,6 +230,8 @@ def build_parser() -> Parser:
                     help="which parameter count --match-params matches (default total)")
     cb.add_argument("--out", default=None,
                     help="keep the runs in this folder (default: a temporary folder, removed after)")
+    cb.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="train every recipe on each of these seeds and report mean ± std per recipe")
     cb.add_argument("--json", action="store_true")
     db = bsub.add_parser("dynamics",
                          help="how a trained CWS's state moves per K step: monotone contraction or oscillation")
@@ -244,6 +246,7 @@ def build_parser() -> Parser:
     gb.add_argument("--seed", type=int, default=0)
     gb.add_argument("--threads", type=_threads, default=1, help="torch CPU threads for both paths (default 1)")
     gb.add_argument("--json", action="store_true")
+    _seed_benchmarks(bsub)
 
     pl = sub.add_parser("plot", help="PNG figures of a run: loss, accuracy and K against step and time, the K "
                                      "histogram, K by surprisal, settling (needs the plot extra)")
@@ -262,6 +265,29 @@ def build_parser() -> Parser:
     rp.add_argument("--tokens", type=_count, default=512, help="validation tokens on the K map (default 512)")
     rp.add_argument("--dynamics", default=None, metavar="FILE.json", help="a `parallax bench dynamics --json` result")
     return p
+
+
+def _seed_benchmarks(bsub) -> None:
+    """``bench seeds`` and ``bench sweep``: one recipe on several seeds, and a grid of its keys."""
+    for name, text in (("seeds", "train one recipe on several seeds: each seed's final and best metric, mean ± std"),
+                       ("sweep", "a grid over recipe keys (--set KEY=V1,V2), each point on every seed; the best on validation")):
+        s = bsub.add_parser(name, help=text)
+        s.add_argument("recipe")
+        s.add_argument("overrides", nargs="*", help="key=value / ~key applied to every run")
+        if name == "sweep":
+            s.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2,...", help="a key and its values (repeatable)")
+        s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2] if name == "sweep" else [0, 1, 2, 3, 4],
+                       help="seeds (default " + ("0 1 2)" if name == "sweep" else "0 1 2 3 4)"))
+        if name == "seeds":
+            s.add_argument("--threshold", type=float, default=0.95,
+                           help="report the share of seeds whose final metric reaches this (default 0.95)")
+        s.add_argument("--jobs", type=_count, default=1,
+                       help="runs at once (default 1); train.threads is split so that jobs * threads <= CPUs")
+        budget = s.add_mutually_exclusive_group()
+        budget.add_argument("--steps", type=_count, default=None, help="train each run for N optimizer steps")
+        budget.add_argument("--minutes", type=_finite(0.0, inclusive=False), default=None, help="train each run for M minutes")
+        s.add_argument("--out", default=None, help="keep the runs in this folder (default: a temporary folder, removed after)")
+        s.add_argument("--json", action="store_true")
 
 
 def _version() -> str:
