@@ -67,7 +67,8 @@ class EMA(Callback):
     def on_save(self, trainer, path: Path) -> None:
         if trainer.is_main:
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.shadow.items()}
-            save_file(tensors, str(Path(path) / FILE), metadata={"decay": str(self.decay), "updates": str(self.updates)})
+            meta = {"decay": str(self.decay), "updates": str(self.updates)}
+            save_file(tensors, str(Path(path) / FILE), metadata=meta)
 
     # -- evaluation with the averaged weights -------------------------------------------------------
     @contextmanager

@@ -45,7 +45,8 @@ def thread_split(jobs: int, threads: int | None, cpus: int | None = None) -> int
     if jobs < 1:
         raise ConfigError("--jobs: must be at least 1")
     if jobs > cpus:
-        raise ConfigError(f"--jobs: {jobs} runs at once on {cpus} CPUs would oversubscribe them; use --jobs {cpus} or fewer")
+        raise ConfigError(f"--jobs: {jobs} runs at once on {cpus} CPUs would oversubscribe them; "
+                          f"use --jobs {cpus} or fewer")
     if jobs == 1:
         return threads
     share = cpus // jobs
@@ -150,7 +151,8 @@ def measure(recipe: str, seeds: list[int], overrides: list[str], threshold: floa
             shutil.rmtree(root, ignore_errors=True)
     for r in rows:
         r["run_dir"] = str(root / f"seed-{r['seed']}") if out else None
-    return {"recipe": recipe, "overrides": overrides, "jobs": jobs, "seeds": rows, "summary": summarise(rows, threshold)}
+    return {"recipe": recipe, "overrides": overrides, "jobs": jobs, "seeds": rows,
+            "summary": summarise(rows, threshold)}
 
 
 def fmt(name: str, value: float) -> str:
@@ -171,7 +173,8 @@ def run(args, out, err) -> int:
         return 0
     s = result["summary"]
     name = s["metric"]
-    table = Table("seed", f"final {name}", "best", f"reached {args.threshold:g} at" if args.threshold is not None else "-",
+    reached = f"reached {args.threshold:g} at" if args.threshold is not None else "-"
+    table = Table("seed", f"final {name}", "best", reached,
                   "steps", "train s", "wall s", title=f"bench seeds {result['recipe']}")
     for r in result["seeds"]:
         table.add_row(str(r["seed"]), fmt(name, r["final"]), fmt(name, r["best"]),

@@ -100,7 +100,8 @@ def measure(recipe: str, sets: list[str], seeds: list[int], overrides: list[str]
     higher = dict(METRICS)[name]
     means = [r["summary"]["final"]["mean"] for r in results]
     best = max(range(len(means)), key=lambda i: means[i] if higher else -means[i])
-    budget = {"steps": steps} if steps is not None else {"minutes": minutes} if minutes is not None else {"recipe": True}
+    budget = ({"steps": steps} if steps is not None else {"minutes": minutes} if minutes is not None
+              else {"recipe": True})
     return {"recipe": recipe, "overrides": overrides, "budget": budget, "seeds": seeds, "metric": name,
             "points": results, "best": {"index": best, "point": results[best]["point"]}}
 

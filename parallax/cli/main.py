@@ -270,12 +270,14 @@ def build_parser() -> Parser:
 def _seed_benchmarks(bsub) -> None:
     """``bench seeds`` and ``bench sweep``: one recipe on several seeds, and a grid of its keys."""
     for name, text in (("seeds", "train one recipe on several seeds: each seed's final and best metric, mean ± std"),
-                       ("sweep", "a grid over recipe keys (--set KEY=V1,V2), each point on every seed; the best on validation")):
+                       ("sweep", "a grid over recipe keys (--set KEY=V1,V2), each point on every seed; "
+                                 "the best on validation")):
         s = bsub.add_parser(name, help=text)
         s.add_argument("recipe")
         s.add_argument("overrides", nargs="*", help="key=value / ~key applied to every run")
         if name == "sweep":
-            s.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2,...", help="a key and its values (repeatable)")
+            s.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2,...",
+                           help="a key and its values (repeatable)")
         s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2] if name == "sweep" else [0, 1, 2, 3, 4],
                        help="seeds (default " + ("0 1 2)" if name == "sweep" else "0 1 2 3 4)"))
         if name == "seeds":
@@ -285,8 +287,10 @@ def _seed_benchmarks(bsub) -> None:
                        help="runs at once (default 1); train.threads is split so that jobs * threads <= CPUs")
         budget = s.add_mutually_exclusive_group()
         budget.add_argument("--steps", type=_count, default=None, help="train each run for N optimizer steps")
-        budget.add_argument("--minutes", type=_finite(0.0, inclusive=False), default=None, help="train each run for M minutes")
-        s.add_argument("--out", default=None, help="keep the runs in this folder (default: a temporary folder, removed after)")
+        budget.add_argument("--minutes", type=_finite(0.0, inclusive=False), default=None,
+                            help="train each run for M minutes")
+        s.add_argument("--out", default=None,
+                       help="keep the runs in this folder (default: a temporary folder, removed after)")
         s.add_argument("--json", action="store_true")
 
 

@@ -50,7 +50,8 @@ def test_saved_with_each_checkpoint_and_used_for_evaluation(tiny, tmp_path):
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, shadow[k].to(v.dtype)), k
     from parallax.evaluate import evaluate
-    assert evaluate(run.model, run.data, torch.device("cpu"))["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
+    val_loss = evaluate(run.model, run.data, torch.device("cpu"))["val_loss"]
+    assert val_loss == pytest.approx(summary["val_loss"], rel=1e-5)
 
 
 def test_the_average_survives_resume(tiny, tmp_path):

@@ -94,8 +94,9 @@ def test_sweep_trains_every_point_and_seed_and_picks_the_best(tiny, tmp_path, ca
     for i, p in enumerate(result["points"]):
         assert [r["seed"] for r in p["seeds"]] == [0, 1]
         assert p["summary"]["final"]["n"] == 2
-        saved = yaml.safe_load((out / f"p{i:02d}-seed-1" / "config.yaml").read_text())
-        assert saved["train"]["optimizer"]["lr"] == float(p["point"]["train.optimizer.lr"])
+        config = yaml.safe_load((out / f"p{i:02d}-seed-1" / "config.yaml").read_text())
+        assert config["train"]["optimizer"]["lr"] == float(p["point"]["train.optimizer.lr"])
+        assert config["seed"] == 1
     means = [p["summary"]["final"]["mean"] for p in result["points"]]
     assert result["best"]["index"] == means.index(max(means))
 
