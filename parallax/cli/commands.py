@@ -271,7 +271,8 @@ def cmd_export(args, out: Console, err: Console) -> int:
     return 0
 
 
-BENCHMARKS = ("memory", "kernels", "halting", "ablation", "compare", "dynamics", "generate", "seeds", "sweep")  # parallax/bench/<name>.py
+# each is parallax/bench/<name>.py
+BENCHMARKS = ("memory", "kernels", "halting", "ablation", "compare", "dynamics", "generate", "seeds", "sweep")
 
 
 def cmd_bench(args, out: Console, err: Console) -> int:
