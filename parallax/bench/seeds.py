@@ -2,7 +2,7 @@
 
 One seed is one draw: on recall the same recipe can reach 99 % on one seed and sit at the 34 %
 answer-by-elimination plateau on the next. Each seed trains in its own process through the same
-``Trainer`` that ``parallax run`` uses (``compare._train_in_child``), into ``--out/seed-N`` (or a
+``Trainer`` that ``parallax run`` uses (``child.train_in_child``), into ``--out/seed-N`` (or a
 temporary folder, removed after). With ``--jobs N`` several seeds train at once, each limited to
 ``train.threads = CPUs // N`` so that the cores are never oversubscribed: two torch processes with
 the default thread count on two cores slow each other down many times over.
@@ -107,7 +107,7 @@ def run_seeds(recipe: str, seeds: list[int], overrides: list[str], root: Path, j
               threshold: float | None = None, err=None, prefix: str = "") -> list[dict]:
     """Train ``recipe`` once per seed under ``root/<prefix>seed-N``; the per-seed rows, in seed order."""
     from ..recipe import load_recipe
-    from .compare import _train_in_child
+    from .child import train_in_child
 
     recipe_cfg = load_recipe(recipe, overrides)  # bad input fails here, before anything trains
     threads = thread_split(jobs, recipe_cfg.train.threads)
@@ -118,7 +118,7 @@ def run_seeds(recipe: str, seeds: list[int], overrides: list[str], root: Path, j
         raise ConfigError(f"--out: {taken[0]} already exists (an earlier run); give a new --out or remove that folder")
 
     def one(seed: int, run_dir: Path) -> dict:
-        row = _train_in_child(recipe, [*overrides, *extra, f"seed={seed}", f"out_dir={run_dir}"], run_dir, err)
+        row = train_in_child(recipe, [*overrides, *extra, f"seed={seed}", f"out_dir={run_dir}"], run_dir, err)
         return seed_row(seed, row, run_dir, threshold)
 
     pool = ThreadPoolExecutor(max_workers=jobs)
@@ -137,7 +137,7 @@ def measure(recipe: str, seeds: list[int], overrides: list[str], threshold: floa
             steps: int | None = None, minutes: float | None = None, out: str | Path | None = None, err=None) -> dict:
     from rich.console import Console
 
-    from .compare import budget_overrides
+    from .child import budget_overrides
 
     err = err or Console(stderr=True)
     _check_seeds(seeds)
@@ -187,37 +187,3 @@ def run(args, out, err) -> int:
         line += f"; {s['share_at_threshold']:.0%} of seeds at or above {s['threshold']:g}"
     out.print(line + " (std: sample standard deviation)", highlight=False)
     return 0
-
-
-# -- bench compare --seeds ---------------------------------------------------------------------------
-def compare_seeds(refs: list[str], overrides: list[str], seeds: list[int], steps=None, minutes=None, out=None,
-                  match=False, match_on="total", err=None) -> dict:
-    """``bench compare`` once per seed (``seed=N`` for every recipe, under ``--out/seed-N``); per recipe
-    the mean ± std over the seeds of each validation figure, and each seed's row."""
-    from . import compare
-
-    _check_seeds(seeds)
-    per_seed = [compare.measure(refs, [*overrides, f"seed={s}"], steps, minutes,
-                                Path(out) / f"seed-{s}" if out else None, match, match_on, err) for s in seeds]
-    recipes = []
-    for i, ref in enumerate(refs):
-        rows = [r["runs"][i] for r in per_seed]
-        stats = {k: spread([row[k] for row in rows]) for k in ("val_loss", "val_accuracy", "val_perplexity",
-                                                              "tokens_per_s", "train_seconds") if k in rows[0]}
-        recipes.append({"recipe": ref, "model": rows[0]["model"], "params": rows[0]["params"], **stats,
-                        "per_seed": [{"seed": s, **row} for s, row in zip(seeds, rows)]})
-    return {"device": per_seed[0]["device"], "budget": per_seed[0]["budget"], "overrides": overrides,
-            "seeds": seeds, "recipes": recipes}
-
-
-def print_compare_seeds(result: dict, out) -> None:
-    table = Table("recipe", "model", "params", "val loss", "acc/ppl", "per seed", "train s",
-                  title=f"bench compare on {result['device']}, seeds {' '.join(map(str, result['seeds']))}")
-    for r in result["recipes"]:
-        name = "val_accuracy" if "val_accuracy" in r else "val_perplexity" if "val_perplexity" in r else "val_loss"
-        table.add_row(Path(r["recipe"]).stem, r["model"], f"{r['params']:,}", fmt_spread("val_loss", r["val_loss"]),
-                      fmt_spread(name, r[name]), " ".join(fmt(name, x[name]) for x in r["per_seed"]),
-                      f"{r['train_seconds']['mean']:.0f}")
-    widen(out)
-    out.print(table)
-    out.print("mean ± sample std over the seeds", highlight=False)

@@ -75,7 +75,7 @@ def measure(recipe: str, sets: list[str], seeds: list[int], overrides: list[str]
     from rich.console import Console
 
     from ..recipe import load_recipe
-    from .compare import budget_overrides
+    from .child import budget_overrides
 
     err = err or Console(stderr=True)
     _check_seeds(seeds)
