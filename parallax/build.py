@@ -24,17 +24,14 @@ def build_data(recipe: Recipe, registry: Registry | None = None) -> DataSource:
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
     """``train.device``: auto is CUDA when one is available, else the CPU."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no CUDA device is available; use train.device=cpu")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return named_device(cfg.device, "train.device", fix="train.device=cpu")
 
 
-def named_device(name: str, where: str = "--device") -> torch.device:
-    """A command's ``--device`` (cpu, cuda or auto), with a one-line error where CUDA is missing."""
+def named_device(name: str, where: str = "--device", fix: str | None = None) -> torch.device:
+    """A device by name (cpu, cuda or auto: CUDA when one is available), with a one-line error naming
+    ``where`` it was asked for, and ``fix`` (default ``WHERE cpu``), when CUDA is missing."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{where}: cuda was asked for but no CUDA device is available; use {where} cpu")
+        raise ConfigError(f"{where}: cuda was asked for but no CUDA device is available; use {fix or where + ' cpu'}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

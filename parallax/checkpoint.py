@@ -155,7 +155,10 @@ def clean_stale(out_dir: str | Path) -> list[Path]:
     removed = []
     for p in sorted(root.iterdir()):
         m = STALE_RE.match(p.name)
-        if m is None or not p.is_dir() or _alive(int(m.group(3))):
+        if m is None or not p.is_dir():
+            continue
+        pid = int(m.group(3))
+        if pid != os.getpid() and process_alive(pid):  # this process's own are stale: it is not saving
             continue
         final = root / m.group(2)
         if m.group(1) == "old" and not final.exists():
@@ -167,9 +170,8 @@ def clean_stale(out_dir: str | Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host is running (a zombie, killed but not yet reaped, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -156,11 +156,8 @@ class CWSModel(Model):
     def forward(self, inputs: torch.Tensor, k_max: int | None = None, trace: bool = False) -> ModelOutput:
         if k_max is None and self.training:
             k_max = self.training_k()
-        x = self.encoder(inputs)  # (B,T,d)
-        positions = torch.arange(x.shape[1], device=x.device)  # (T,)
-        contexts = [e.context(x) for e in self.experts]
-        res = settle(self.workspace, self.experts, contexts, x, positions, self.halting,
-                     k_max or self.k_max, self.live_steps, trace=trace, compact_below=self.cfg.compact_below)
+        x, positions, contexts = self._observe(inputs)
+        res = self._settle(x, positions, contexts, k_max or self.k_max, trace)
         logits = self.decoder(res.h)
         stats: dict[str, Any] = {"work": res.work}
         if self.training and self.halting is not None:
@@ -170,6 +167,17 @@ class CWSModel(Model):
         if trace:
             stats["trace"] = res.trace
         return ModelOutput(logits=logits, k=res.k, stats=stats)
+
+    def _observe(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """What the K loop reads: observations x (B,T,d), their positions (T,), each expert's context."""
+        x = self.encoder(inputs)  # (B,T,d)
+        positions = torch.arange(x.shape[1], device=x.device)  # (T,)
+        return x, positions, [e.context(x) for e in self.experts]
+
+    def _settle(self, x, positions, contexts, k_max: int, trace: bool = False):
+        """The K loop under the model's current halting rule (None within ``fixed_k``)."""
+        return settle(self.workspace, self.experts, contexts, x, positions, self.halting, k_max, self.live_steps,
+                      trace=trace, compact_below=self.cfg.compact_below)
 
     # -- the Model protocol's K-loop and generation methods ---------------------------------------
     @contextmanager
@@ -182,17 +190,12 @@ class CWSModel(Model):
             self.halting, self.k_max = saved
 
     def k_loop(self, inputs: torch.Tensor):
-        x = self.encoder(inputs)  # (B,T,d)
-        positions = torch.arange(x.shape[1], device=x.device)  # (T,)
-        contexts = [e.context(x) for e in self.experts]
-        return lambda: settle(self.workspace, self.experts, contexts, x, positions, self.halting, self.k_max,
-                              self.live_steps, compact_below=self.cfg.compact_below)
+        x, positions, contexts = self._observe(inputs)
+        return lambda: self._settle(x, positions, contexts, self.k_max)
 
     @torch.no_grad()
     def trajectory(self, inputs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.encoder(inputs)  # (B,T,d)
-        positions = torch.arange(x.shape[1], device=x.device)  # (T,)
-        contexts = [e.context(x) for e in self.experts]
+        x, positions, contexts = self._observe(inputs)
         n_slots = sum(e.slots for e in self.experts)
         hs = [self.workspace.init_state(x, n_slots).h]
         trace = None
@@ -217,7 +220,6 @@ class CWSModel(Model):
             contexts.append(ctx)
             expert_caches.append(c)
         positions = torch.tensor([cache.t], device=x.device)  # (1,) this position only
-        res = settle(self.workspace, self.experts, contexts, x, positions, self.halting, self.k_max,
-                     self.live_steps, compact_below=self.cfg.compact_below)
+        res = self._settle(x, positions, contexts, self.k_max)
         logits, dec = self.decoder.step(res.h, cache.decoder)  # (B,1,V)
         return logits[:, -1], res.k[:, -1], CWSCache(cache.t + 1, enc, expert_caches, dec)

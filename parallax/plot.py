@@ -145,6 +145,15 @@ class Figures:
         return out
 
 
+def _labelled(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title, a light grid and the legend of a line figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
 def curve_figures(curves: Curves, into: Figures) -> None:
     """Loss, accuracy (where evaluated) and mean K against the step; loss and accuracy against time."""
     time_label = "elapsed time (s)" if curves.measured_time else "training time (s, from tokens/s; excludes evaluation)"
@@ -158,11 +167,7 @@ def curve_figures(curves: Curves, into: Figures) -> None:
             ax.plot(tx, [r["loss"] for r in curves.train], label="training loss", lw=1.2)
         if curves.evals:
             ax.plot(ex, [r["val_loss"] for r in curves.evals], "o-", label="validation loss", lw=1.5)
-        ax.set_xlabel(label)
-        ax.set_ylabel("cross-entropy (nats)")
-        ax.set_title(f"loss against {axis}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _labelled(ax, label, "cross-entropy (nats)", f"loss against {axis}")
         into.figures[f"loss_{axis}"] = fig
         acc = [r for r in curves.evals if r.get("val_accuracy") is not None]
         if acc:
@@ -170,11 +175,7 @@ def curve_figures(curves: Curves, into: Figures) -> None:
             xs = [x for x, r in zip(ex, curves.evals) if r.get("val_accuracy") is not None]
             ax.plot(xs, [r["val_accuracy"] for r in acc], "o-", color="tab:green", label="validation accuracy")
             ax.set_ylim(0, 1)
-            ax.set_xlabel(label)
-            ax.set_ylabel("accuracy")
-            ax.set_title(f"validation accuracy against {axis}")
-            ax.grid(alpha=0.3)
-            ax.legend()
+            _labelled(ax, label, "accuracy", f"validation accuracy against {axis}")
             into.figures[f"accuracy_{axis}"] = fig
     train_k = [r for r in curves.train if r.get("k_mean") is not None]
     eval_k = [r for r in curves.evals if r.get("val_k_mean") is not None]
@@ -191,11 +192,7 @@ def curve_figures(curves: Curves, into: Figures) -> None:
             rows = [r for r in eval_k if r.get(f"val_k_mean_{kind}") is not None]
             ax.plot([r["step"] for r in rows], [r[f"val_k_mean_{kind}"] for r in rows], ".--", lw=1,
                     label=f"validation, {kind} tokens")
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean K per position")
-    ax.set_title("mean K against step")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _labelled(ax, "step", "mean K per position", "mean K against step")
     into.figures["k_mean_step"] = fig
 
 
@@ -273,16 +270,11 @@ def measure_dynamics(model, data, batches: int = 1, k: int | None = None, sample
     sample of positions: (result, moves (K,sample))."""
     import torch
 
-    from .bench.dynamics import summarize
+    from .bench.dynamics import summarize, trajectories
 
-    k = k or model.k_max
-    hs, raws = [], []
-    for _, batch in zip(range(batches), data.val_batches()):
-        h, raw = model.trajectory(batch["inputs"], k)  # (K+1,B,T,d), (K-1,B,T)
-        hs.append(h.flatten(1, 2))  # (K+1,B*T,d)
-        raws.append(raw.flatten(1))  # (K-1,B*T)
-    h = torch.cat(hs, 1)  # (K+1,N,d)
-    result = {"k_max": model.k_max, **summarize(h, torch.cat(raws, 1))}
+    inputs = [batch["inputs"] for _, batch in zip(range(batches), data.val_batches())]
+    h, raw = trajectories(model, inputs, k or model.k_max)  # (K+1,N,d), (K-1,N)
+    result = {"k_max": model.k_max, **summarize(h, raw)}
     move = (h[1:] - h[:-1]).float().pow(2).mean(-1).sqrt()  # (K,N)
     pick = torch.randperm(move.shape[1], generator=torch.Generator().manual_seed(0))[:sample]
     return result, move[:, pick]

@@ -20,16 +20,6 @@ from .errors import ConfigError
 LOCK = ".lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class RunLock:
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / LOCK
@@ -58,7 +48,7 @@ class RunLock:
         previous = _read(self.path)
         if previous and previous.get("pid") != os.getpid():
             same_host = previous.get("host") == socket.gethostname()
-            if same_host and isinstance(previous.get("pid"), int) and _alive(previous["pid"]):
+            if same_host and isinstance(previous.get("pid"), int) and ckpt.process_alive(previous["pid"]):
                 # a live process on this host wrote it but holds no flock (another filesystem's semantics)
                 os.close(fd)
                 raise ConfigError(f"out_dir: {out_dir} is in use by pid {previous['pid']} on this host (lock "

@@ -93,8 +93,8 @@ class Trainer:
         if self.resume_from is not None:
             self.data.restore(self.resume_from)  # the tokenizer the weights were trained with
         # bounds before allocation: a recipe that cannot fit is refused before its tensors exist
-        check_fits(self.recipe, meta_model(self.recipe, self.data.info, self.registry), tokens_per_example(self.data),
-                   self.device)
+        self.positions = tokens_per_example(self.data)  # input positions per example
+        check_fits(self.recipe, meta_model(self.recipe, self.data.info, self.registry), self.positions, self.device)
         self.model = build_model(self.recipe.model, self.data.info, self.registry).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg.optimizer)
         self.scheduler = make_scheduler(self.optimizer, cfg)
@@ -188,7 +188,7 @@ class Trainer:
             self._start_run_dir()
         start_time = time.time()
         budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-        tokens_per_step = self.recipe.train.batch_size * self.world * tokens_per_example(self.data)
+        tokens_per_step = self.recipe.train.batch_size * self.world * self.positions
         last_eval: dict = {}
         window_loss, window_k, window_n, window_t = 0.0, 0.0, 0, time.time()
         stop_reason = "max_steps"

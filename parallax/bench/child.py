@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TrainingError
+from ..metrics import read_records
 
 RESULT_FILE = "compare.json"
 
@@ -72,8 +73,7 @@ def tokens_per_s(metrics: Path) -> tuple[float | None, float | None]:
     (another job taking the cores for a while) left out."""
     steps = seconds_per_token_step = 0.0
     prev, windows = 0, []
-    for line in metrics.read_text().splitlines():
-        rec = json.loads(line) if line.strip() else {}
+    for rec in read_records(metrics):
         if "loss" in rec and rec.get("tokens_per_s"):
             n = rec["step"] - prev
             prev = rec["step"]

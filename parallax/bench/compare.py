@@ -54,10 +54,9 @@ def _info(recipe, registry):
 
 def recipe_params(recipe, info, registry) -> dict:
     """Parameter counts of a recipe's model, built on the meta device (nothing is allocated)."""
-    from ..model import build_model
+    from ..budget import meta_model
 
-    with torch.device("meta"):
-        return count_params(build_model(recipe.model, info, registry))
+    return count_params(meta_model(recipe, info, registry))
 
 
 def parse_target(text: str | None, reference: int) -> int:

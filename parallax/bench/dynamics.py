@@ -56,13 +56,18 @@ def summarize(h: torch.Tensor, raw: torch.Tensor) -> dict:
     }
 
 
-def measure(model, batches: list[torch.Tensor], k: int) -> dict:
+def trajectories(model, batches, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states h_0..h_k of every position of ``batches`` (K+1,N,d) and their raw trace (K-1,N)."""
     hs, raws = [], []
     for inputs in batches:
         h, raw = model.trajectory(inputs, k)  # (K+1,B,T,d), (K-1,B,T)
         hs.append(h.flatten(1, 2))  # (K+1,B*T,d)
         raws.append(raw.flatten(1))  # (K-1,B*T)
-    return summarize(torch.cat(hs, 1), torch.cat(raws, 1))
+    return torch.cat(hs, 1), torch.cat(raws, 1)
+
+
+def measure(model, batches: list[torch.Tensor], k: int) -> dict:
+    return summarize(*trajectories(model, batches, k))
 
 
 def run(args, out, err) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..metrics import read_records
 from . import widen
 
 METRICS = (("val_accuracy", True), ("val_perplexity", False), ("val_loss", False))  # (name, higher is better)
@@ -62,13 +63,9 @@ def metric_name(record: dict) -> tuple[str, bool]:
 
 def curve(metrics_file: Path, name: str) -> list[tuple[int, float]]:
     """(step, value) of every evaluation in a run's metrics.jsonl."""
-    points = []
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if name in rec and "loss" not in rec:  # an evaluation record, not a training one
-                points.append((rec["step"], rec[name]))
-    return points
+    records = read_records(metrics_file) if metrics_file.is_file() else []
+    # an evaluation record, not a training one
+    return [(rec["step"], rec[name]) for rec in records if name in rec and "loss" not in rec]
 
 
 def spread(values: list[float]) -> dict:
