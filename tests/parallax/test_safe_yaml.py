@@ -2,9 +2,9 @@
 does not convert is a YAMLError at its place."""
 from __future__ import annotations
 
-import signal
+import sys
 import time
-from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,27 +12,8 @@ import yaml
 from parallax import safe_yaml
 from parallax.errors import ConfigError
 
-
-@contextmanager
-def within(seconds: float):
-    """Fail, instead of hanging, when the block takes longer than ``seconds``."""
-    def expire(signum, frame):
-        pytest.fail(f"took more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def bomb(levels: int = 9, width: int = 9) -> str:
-    """``levels`` anchors, each a list of ``width`` aliases of the previous one: width**levels values."""
-    lines = ['a0: &a0 ["x"]']
-    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
-    return "\n".join(lines) + "\n"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from yaml_bombs import bomb, within  # noqa: E402
 
 
 def test_plain_yaml_loads_as_the_safe_loader_loads_it():

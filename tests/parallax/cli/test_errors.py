@@ -1,14 +1,16 @@
 """Malformed recipes, overrides and flags: each exits 2 with one line that names the problem."""
 from __future__ import annotations
 
-import signal
+import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from parallax.cli.main import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from yaml_bombs import bomb, within  # noqa: E402
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -275,22 +277,7 @@ def test_interpolations_resolve_after_overrides(capsys, tiny_recipe, monkeypatch
 
 
 # nine anchors of nine aliases each, 428 bytes: 9**9 values
-BOMB = "".join(['a0: &a0 ["x"]\n'] + [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)])
-
-
-@contextmanager
-def within(seconds: float):
-    """Fail, instead of hanging, when the block takes longer than ``seconds``."""
-    def expire(signum, frame):
-        pytest.fail(f"took more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+BOMB = bomb()
 
 
 def test_alias_bomb_is_refused_in_well_under_a_second(capsys, tmp_path):

@@ -120,3 +120,18 @@ def test_dropout_is_applied_only_in_training():
 def test_dropout_must_be_below_one():
     with pytest.raises(ValueError):
         DualTrack.Config(dropout=1.0)
+
+
+def test_dualtrack_takes_the_window():
+    off = DualTrack(DualTrack.Config(n_layer=1, n_head=2, n_kv_heads=1, n_embd=16), DataInfo(vocab_size=V)).eval()
+    on = DualTrack(DualTrack.Config(n_layer=1, n_head=2, n_kv_heads=1, n_embd=16, window=3), DataInfo(vocab_size=V))
+    assert off.shift is None and len(on.shift.taps) == 2
+    on.load_state_dict(off.state_dict(), strict=False)
+    with torch.no_grad():
+        for tap in on.shift.taps:
+            tap.weight.zero_()
+    ids = torch.randint(0, V, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(on.eval()(ids).logits, off(ids).logits)  # zero taps: the model without a window
+        on.shift.taps[0].weight.normal_(0, 0.3)
+        assert not torch.allclose(on(ids).logits, off(ids).logits)

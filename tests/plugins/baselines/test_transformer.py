@@ -1,4 +1,5 @@
-"""The transformer baseline: causal, its KV-cached ``step`` matches full recompute, and it needs a vocabulary."""
+"""The transformer baseline: causal, its KV-cached ``step`` matches full recompute, it needs a vocabulary,
+and its observation window (``window``) is a causal token shift whose ``step`` equals ``forward``."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import parallax
 from parallax import ConfigError, DataInfo
 from parallax.registry import get_registry
-from parallax_plugins.baselines.transformer import Transformer
+from parallax_plugins.baselines.transformer import TokenShift, Transformer
 
 V = 23
 
@@ -120,3 +121,49 @@ def test_incremental_decoding_needs_the_token_embedding():
     assert model(torch.randn(2, 1, 4, 4)).logits.shape == (2, 3)  # 4 patches in, one class row per image out
     with pytest.raises(ConfigError, match="incremental decoding needs the token embedding"):
         model.step(torch.zeros(2, 1, dtype=torch.long))
+
+
+# -- the observation window (model.window): a causal token shift over the embeddings, off by default
+def test_off_by_default_and_costs_two_maps_at_three():
+    off, on = small(), small(window=3)
+    assert off.shift is None and on.shift is not None
+    n = sum(p.numel() for p in off.parameters())
+    assert sum(p.numel() for p in on.parameters()) == n + 2 * 32 * 32  # W_1, W_2: (d,d) each
+
+
+def test_token_shift_is_the_window_sum_by_hand():
+    shift = TokenShift(8, 3)
+    e = torch.randn(2, 5, 8)
+    w1, w2 = (tap.weight for tap in shift.taps)
+    want = e.clone()
+    want[:, 1:] += e[:, :-1] @ w1.T
+    want[:, 2:] += e[:, :-2] @ w2.T
+    torch.testing.assert_close(shift(e), want)
+
+
+def test_window_sees_exactly_the_previous_tokens_of_a_one_layer_model():
+    """With one block the logits at t depend on tokens <= t only (causal), and the window reaches
+    back through the token shift, not only through attention."""
+    model = small(n_layer=1, window=3)
+    ids = torch.randint(0, V, (2, 10))
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] + 1) % V
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_incremental_step_equals_forward_with_a_window():
+    model = small(n_layer=3, window=3)
+    with torch.no_grad():
+        for tap in model.shift.taps:
+            tap.weight.normal_(0, 0.3)  # a window that matters
+    ids = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        full = model(ids).logits  # (B,T,V)
+    cache = None
+    for t in range(ids.shape[1]):
+        logits, cache = model.step(ids[:, t : t + 1], cache)
+        torch.testing.assert_close(logits[:, -1], full[:, t], rtol=1e-4, atol=1e-5)
+    assert len(cache.shift) == 2 and cache.pos == ids.shape[1]
