@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -79,19 +80,20 @@ def components_used(components: list[tuple[str, str]], registry: Registry) -> di
     return used
 
 
-def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as safetensors stores it: detached, contiguous, on the CPU.
+def state_tensors(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict (of a module, or given) as safetensors stores it: detached, contiguous, on the CPU.
 
     Tensors that share memory stay shared, so safetensors refuses a module that registers one
     tensor under two names (a tied weight belongs to one module only).
     """
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
 def save(
     out_dir: str | Path,
     step: int,
-    model: torch.nn.Module,
+    model: torch.nn.Module | Mapping[str, torch.Tensor],
     trainer_state: dict,
     config_yaml: str,
     metadata: dict[str, str],

@@ -61,3 +61,21 @@ def all_finite(loss: torch.Tensor, device: torch.device | None = None, group: di
     ok = ok.to(device or collective_device(group))
     dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
     return bool(ok.item())
+
+
+def mean_over_ranks(value: float, group: dist.ProcessGroup | None = None) -> float:
+    """The mean of a float over the ranks (an average all-reduce); ``value`` itself in one process."""
+    if not _initialized():
+        return value
+    t = torch.tensor(value, dtype=torch.float64, device=collective_device(group))  # ()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t.item() / dist.get_world_size(group)
+
+
+def sum_over_ranks(values: list[float], group: dist.ProcessGroup | None = None) -> list[float]:
+    """Element-wise sums of a list of floats over the ranks (one all-reduce); the list itself in one process."""
+    if not _initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device(group))  # (n,)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t.tolist()

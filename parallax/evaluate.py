@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .distributed import sum_over_ranks
 from .protocols import DataSource
 
 QUANTILES = 5
@@ -30,6 +31,23 @@ def _per_target(logits: torch.Tensor, targets: torch.Tensor, k: torch.Tensor) ->
     surprisal = surprisal.view(targets.shape)[mask]  # (N,)
     per = k.float() if k.shape == targets.shape else k.float().flatten(1).mean(1)  # (B,T) or (B,) per example
     return surprisal, per[mask]
+
+
+def _reduce_sums(data, model, loss_sum, correct, count, k_sum, k_cnt, kind_hits):
+    """All-reduce every sum of a sharded evaluation in one collective; the dicts are updated in place
+    with every name (a kind this rank never saw is counted as zero, and skipped later if all are)."""
+    names = ["all", *data.kind_names.values()]
+    flat = [loss_sum, correct, count]
+    for name in names:
+        flat += [k_sum.get(name, 0.0), k_cnt.get(name, 0.0), *kind_hits.get(name, [0.0, 0.0, 0.0])]
+    flat = sum_over_ranks(flat)
+    for i, name in enumerate(names):
+        ks, kc, *hits = flat[3 + 5 * i: 8 + 5 * i]
+        if model.has_k_loop:
+            k_sum[name], k_cnt[name] = ks, kc
+        if name != "all":
+            kind_hits[name] = hits
+    return flat[0], flat[1], flat[2]
 
 
 def surprisal_quantiles(surprisal: torch.Tensor, k: torch.Tensor, n: int = QUANTILES) -> list[dict]:
@@ -45,9 +63,27 @@ def surprisal_quantiles(surprisal: torch.Tensor, k: torch.Tensor, n: int = QUANT
     return rows
 
 
+def _shard(batches: list[dict], shard: tuple[int, int] | None) -> list[tuple[dict, bool]]:
+    """(batch, counted) for this rank: batches rank, rank + world, ... Every rank gets the same number
+    of forwards (FSDP gathers weights in each, a collective), so a rank short of one repeats its
+    first batch uncounted (or the whole set's, when it has none)."""
+    if shard is None:
+        return [(b, True) for b in batches]
+    rank, world = shard
+    mine = batches[rank::world]
+    rounds = -(-len(batches) // world)  # ceil
+    filler = (mine or batches)[0]
+    return [(b, True) for b in mine] + [(filler, False)] * (rounds - len(mine))
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, autocast=None,
-             detailed: bool = False) -> dict:
+             detailed: bool = False, shard: tuple[int, int] | None = None) -> dict:
+    """Validation metrics over ``data.val_batches()``. ``shard=(rank, world)``: this rank evaluates its
+    share of the batches and the sums are all-reduced, so every rank returns the whole set's figures
+    (``detailed`` needs the whole set in one process)."""
+    if shard is not None and detailed:
+        raise ValueError("evaluate: detailed metrics are computed in one process (shard=None)")
     was_training = model.training
     model.eval()
     loss_sum = correct = count = 0.0
@@ -55,10 +91,12 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
     k_cnt: dict[str, float] = {}
     kind_hits: dict[str, list[float]] = {}  # name -> [positions, scored targets, correct]
     surprisals, target_ks, all_ks = [], [], []
-    for batch in data.val_batches():
+    for batch, counted in _shard(list(data.val_batches()), shard):
         inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
             out = model(inputs)
+        if not counted:
+            continue
         logits = out.logits.float()
         mask = targets != -100
         loss_sum += F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100, reduction="sum").item()
@@ -89,6 +127,8 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
                 target_ks.append(k.cpu())
                 all_ks.append(out.k.flatten().cpu())
     model.train(was_training)
+    if shard is not None:
+        loss_sum, correct, count = _reduce_sums(data, model, loss_sum, correct, count, k_sum, k_cnt, kind_hits)
     result = {"val_loss": loss_sum / max(count, 1)}
     if data.has_accuracy:
         result["val_accuracy"] = correct / max(count, 1)

@@ -95,6 +95,10 @@ class CWSModel(Model):
             "Evaluation and generation always use k_max.",
         )
         k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
+        k_ramp_from: int | None = Field(
+            None, ge=1, description="train_k ramp: the cap it starts from (default live_steps), a warm-up of k_max")
+        k_ramp_hold: int = Field(
+            0, ge=0, description="train_k ramp: training batches the cap stays at k_ramp_from before it rises")
         k_mean: float | None = Field(None, gt=0, description="train_k poisson: mean K r (default k_max / 2)")
         k_sigma: float = Field(0.5, ge=0, description="train_k poisson: sigma of log(rate)")
         compact_below: float = Field(
@@ -117,6 +121,9 @@ class CWSModel(Model):
         def _live_within_k(self):
             if self.live_steps > self.k_max:
                 raise ValueError(f"live_steps ({self.live_steps}) must be <= k_max ({self.k_max})")
+            if self.k_ramp_from is not None and not self.live_steps <= self.k_ramp_from <= self.k_max:
+                raise ValueError(f"k_ramp_from ({self.k_ramp_from}) must lie in [live_steps, k_max] = "
+                                 f"[{self.live_steps}, {self.k_max}]")
             return self
 
     def __init__(self, cfg: CWSModel.Config, info: DataInfo, registry: Registry | None = None):
@@ -133,7 +140,8 @@ class CWSModel(Model):
             # a rule with parameters is an nn.Module: assigned here it is a submodule, trained and saved
             self.halting = rule(cfg.halting, d) if issubclass(rule, nn.Module) else rule(cfg.halting)
         self.decoder = build_component("decoders", cfg.decoder, d, info, registry, "model.decoder")
-        self.decoder.tie(self.encoder.tied_weight)
+        self._tied_to = [self.encoder.tied_weight]  # a plain list: not a second registration of the table
+        self.decoder.tie(self._tied_to[0])
         self.k_max = cfg.k_max
         self.live_steps = cfg.live_steps
         # training batches seen; a buffer so that checkpoints carry the K schedule's position
@@ -148,8 +156,10 @@ class CWSModel(Model):
         if self.cfg.train_k == "poisson":
             return min(max(poisson_k(self.cfg.k_mean or self.k_max / 2, self.cfg.k_sigma), lo), cap)
         if self.cfg.train_k == "ramp":
-            frac = min(1.0, float(self.batches_seen) / self.cfg.k_ramp_steps)
-            cap = lo + int(frac * (self.k_max - lo))
+            # held at the start for k_ramp_hold batches, then linear to k_max over k_ramp_steps
+            start = self.cfg.k_ramp_from or lo
+            frac = min(1.0, max(0.0, float(self.batches_seen - self.cfg.k_ramp_hold) / self.cfg.k_ramp_steps))
+            cap = start + int(frac * (self.k_max - start))
         # torch's RNG, so the draw is part of the seeded, checkpointed run state
         return int(torch.randint(lo, cap + 1, ()).item())
 
@@ -170,6 +180,10 @@ class CWSModel(Model):
 
     def _observe(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
         """What the K loop reads: observations x (B,T,d), their positions (T,), each expert's context."""
+        table = self.encoder.tied_weight
+        if table is not self._tied_to[0]:  # FSDP swaps in the gathered parameter: the head follows it
+            self._tied_to[0] = table
+            self.decoder.tie(table)
         x = self.encoder(inputs)  # (B,T,d)
         positions = torch.arange(x.shape[1], device=x.device)  # (T,)
         return x, positions, [e.context(x) for e in self.experts]

@@ -192,7 +192,9 @@ class MotorDecoder(nn.Module):
     """Reads settled states ``h (B,T,d)`` and emits outputs (logits ``(B,T,V)`` or ``(B,C)``).
 
     ``step(h_t (B,1,d), cache) -> (logits_t (B,1,V), cache)`` decodes one new position and must
-    equal ``forward`` there. ``tie(weight)`` receives the encoder's table when the head is tied.
+    equal ``forward`` there. ``tie(weight)`` receives the encoder's table when the head is tied; it is called again with
+    the new tensor when a wrapper replaces the encoder's parameter (FSDP's gathered weights), so a
+    second call must point the head at the new table.
     """
 
     Config: ClassVar[type[Spec]]

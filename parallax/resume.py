@@ -45,20 +45,25 @@ def resolve_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
     return path
 
 
-def trainer_state(step: int, opt_cfg: OptimizerConfig, optimizer, scheduler, scaler) -> dict:
-    """What a checkpoint keeps beside the weights to continue the run exactly."""
+def trainer_state(step: int, opt_cfg: OptimizerConfig, optimizer, scheduler, scaler,
+                  optimizer_state: dict | None = None) -> dict:
+    """What a checkpoint keeps beside the weights to continue the run exactly. ``optimizer_state``
+    replaces ``optimizer.state_dict()`` where that is not the full state (FSDP's shards)."""
     return {
         "step": step,
         "optimizer_type": opt_cfg.type,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
     }
 
 
-def restore_state(path: Path, opt_cfg: OptimizerConfig, optimizer, scheduler, scaler) -> tuple[int, list[str]]:
-    """Load the trainer state of checkpoint ``path`` into the given objects; returns (step, notes to print)."""
+def restore_state(path: Path, opt_cfg: OptimizerConfig, optimizer, scheduler, scaler,
+                  load_optimizer=None) -> tuple[int, list[str]]:
+    """Load the trainer state of checkpoint ``path`` into the given objects; returns (step, notes to print).
+
+    ``load_optimizer(state)`` replaces ``optimizer.load_state_dict`` (FSDP keeps a shard of the full state)."""
     state = ckpt.load_trainer_state(path)
     # the recipe's optimizer options, taken before the saved state replaces the groups
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
@@ -69,7 +74,7 @@ def restore_state(path: Path, opt_cfg: OptimizerConfig, optimizer, scheduler, sc
         same_type = compatible_groups(group_keys(state.get("optimizer")), group_keys(optimizer.state_dict()))
     try:
         if same_type:
-            optimizer.load_state_dict(state["optimizer"])
+            (load_optimizer or optimizer.load_state_dict)(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 MAX_THREADS = 1024  # torch.set_num_threads crashes the process far above any real core count
 MAX_K = 4096  # K steps per position: far past any settling the seeds report (k_max 48); a bound, not a goal
@@ -102,10 +102,23 @@ class TrainConfig(Strict):
     resume: str | bool = Field(False, description="false | auto (latest in out_dir if any) | true (must exist) | PATH")
     progress: bool = Field(True, description="rich progress bar")
     compile: bool = Field(False, description="torch.compile the model")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp keeps a replica of the weights on every rank; fsdp shards weights, "
+        "gradients and optimizer state across the ranks (FSDP2); checkpoints hold the full state either way")
     loggers: Components("loggers") = Field(  # type: ignore[valid-type]
         default_factory=lambda: [Unresolved(type="jsonl")],
         description="where records go: a list of logger names (jsonl, tensorboard, csv) or {type: NAME, ...} mappings",
     )
+
+    @model_validator(mode="after")
+    def _fsdp_supports(self):
+        if self.distributed == "fsdp":
+            if self.ema is not None:  # the average would be a second sharded copy to gather at each save
+                raise ValueError("ema is not supported with distributed: fsdp; use distributed: ddp or set ema: null")
+            if self.optimizer.type.lower() == "muon":  # Newton-Schulz needs whole matrices, FSDP holds shards
+                raise ValueError("optimizer muon is not supported with distributed: fsdp; "
+                                 "use adamw or distributed: ddp")
+        return self
 
 
 class Recipe(Strict):

@@ -3,7 +3,7 @@
 The K-loop contract itself (K-1 frozen steps, ``live_steps`` live) lives in the model; the trainer
 runs the loop around it: a step of autocast, backward, clipping and the optimizer; logging through
 ``train.loggers`` (metrics.jsonl by default); evaluation; checkpoints with resume; a wall-clock
-budget; DDP (rank 0 logs and saves). It runs unchanged under torchrun. What it is built from lives
+budget; DDP or FSDP2 (``parallel``; rank 0 logs and saves). It runs unchanged under torchrun. What it is built from lives
 elsewhere: the optimizer and schedule in ``optim``, data, device and precision in ``build``, resume
 and state restoring in ``resume``, checkpoint files in ``checkpoint``, the loggers in ``loggers``.
 Benchmarks and loggers watch it through ``callbacks``.
@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,13 +29,14 @@ from .budget import check_fits, meta_model
 from .build import autocast_dtype, build_data, resolve_device, seed_all, tokens_per_example
 from .callbacks import Callback
 from .diagnostics import collect as collect_diagnostics
-from .distributed import all_finite, any_rank
+from .distributed import all_finite, any_rank, mean_over_ranks
 from .ema import EMA
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate
 from .loggers import build_loggers
 from .model import build_model
 from .optim import make_optimizer, make_scheduler
+from .parallel import full_model_state, full_optimizer_state, load_full_optimizer_state, local_value, wrap
 from .progress import TrainingProgress
 from .recipe import dump_recipe
 from .registry import Registry, get_registry
@@ -96,15 +98,18 @@ class Trainer:
         self.positions = tokens_per_example(self.data)  # input positions per example
         check_fits(self.recipe, meta_model(self.recipe, self.data.info, self.registry), self.positions, self.device)
         self.model = build_model(self.recipe.model, self.data.info, self.registry).to(self.device)
+        if self.resume_from is not None:  # the full weights, before FSDP shards them
+            ckpt.check_plugins(self.resume_from, self.registry)
+            ckpt.load_model_state(self.resume_from, self.model)
+        self.net = self.model
+        if self.distributed:  # FSDP shards the parameters in place: the optimizer is built on the shards
+            self.net = wrap(self.model, cfg.distributed)
         self.optimizer = make_optimizer(self.model, cfg.optimizer)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         self.step = 0
         if self.resume_from is not None:
-            self._load(self.resume_from)
-        self.net = self.model
-        if self.distributed:
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=False)
+            self._load_state(self.resume_from)
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.config_yaml = f"# resolved recipe, written by parallax\n{dump_recipe(self.recipe)}"
@@ -118,20 +123,30 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _load(self, path: Path) -> None:
-        ckpt.check_plugins(path, self.registry)
-        ckpt.load_model_state(path, self.model)
-        self.step, notes = restore_state(path, self.cfg.optimizer, self.optimizer, self.scheduler, self.scaler)
+    @property
+    def sharded(self) -> bool:
+        return self.distributed and self.cfg.distributed == "fsdp"
+
+    def _load_state(self, path: Path) -> None:
+        """The trainer state of a checkpoint whose weights are already in the model."""
+        load = partial(load_full_optimizer_state, self.model, self.optimizer) if self.sharded else None
+        self.step, notes = restore_state(path, self.cfg.optimizer, self.optimizer, self.scheduler, self.scaler, load)
         if self.is_main:
             self.console.print(f"resumed from {path} at step {self.step}")
             for note in notes:
                 self.console.print(f"note: {note}")
 
     def save(self) -> Path | None:
+        """Write a checkpoint (rank 0). Under FSDP every rank calls it: gathering the full state is a collective."""
+        weights, optimizer_state = self.model, None
+        if self.sharded:
+            weights = full_model_state(self.model)
+            optimizer_state = full_optimizer_state(self.model, self.optimizer)
         if not self.is_main:
             return None
-        state = trainer_state(self.step, self.cfg.optimizer, self.optimizer, self.scheduler, self.scaler)
-        path = ckpt.save(self.out_dir, self.step, self.model, state, self.config_yaml, self.metadata,
+        state = trainer_state(self.step, self.cfg.optimizer, self.optimizer, self.scheduler, self.scaler,
+                              optimizer_state)
+        path = ckpt.save(self.out_dir, self.step, weights, state, self.config_yaml, self.metadata,
                          self.cfg.keep_last_n, self.data.files())
         self._emit("on_save", path)
         return path
@@ -159,7 +174,7 @@ class Trainer:
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             # the global norm before clipping; the training record logs the last step's of its window
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.grad_norm = local_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -206,7 +221,7 @@ class Trainer:
                         elapsed = time.time() - window_t
                         rec = {
                             "step": self.step,
-                            "loss": window_loss / window_n,
+                            "loss": mean_over_ranks(window_loss / window_n),  # the global batch's
                             "tokens_per_s": tokens_per_step * window_n / max(elapsed, 1e-9),
                             "k_mean": window_k / window_n if k_mean is not None else None,
                             "lr": self.scheduler.get_last_lr()[0],
@@ -223,12 +238,12 @@ class Trainer:
                     if self.step % cfg.eval_every == 0 and not out_of_time:
                         last_eval = self._eval()
                     if self.step % cfg.save_every == 0:
-                        self.save()
+                        self.save()  # every rank: under FSDP the full state is gathered from all
                     window_t += time.time() - paused
                     if out_of_time:
                         stop_reason = "max_minutes"
                         break
-            if not ckpt.step_dir(self.out_dir, self.step).exists():
+            if any_rank(not ckpt.step_dir(self.out_dir, self.step).exists()):  # one answer for every rank
                 self.save()  # before the final evaluation, so an interrupt there loses nothing
             if not last_eval or last_eval.get("step") != self.step:
                 last_eval = self._eval()
@@ -236,6 +251,12 @@ class Trainer:
             if not self.is_main:
                 raise Interrupted(f"rank {self.rank} interrupted at step {self.step}; rank 0 saves the run") from None
             done = ckpt.step_dir(self.out_dir, self.step)
+            if self.sharded and not done.exists():
+                # gathering FSDP's shards needs every rank, and the others are stopping: the newest
+                # periodic checkpoint is what there is
+                raise Interrupted(f"interrupted at step {self.step}; under train.distributed=fsdp an interrupt "
+                                  f"does not save; the newest checkpoint is {ckpt.latest(self.out_dir)}; "
+                                  "continue with train.resume=auto") from None
             # a second Ctrl-C, or torchrun's SIGTERM to the survivors, must not cut the save short
             with _signals_held():
                 saved = done if done.exists() else self.save() if self.step > 0 else None
@@ -254,7 +275,9 @@ class Trainer:
 
     def _eval(self) -> dict:
         with self.ema.swapped(self.model) if self.ema else nullcontext():
-            result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None)
+            # each rank evaluates its share of the validation batches; the sums are all-reduced
+            shard = (self.rank, self.world) if self.distributed else None
+            result = evaluate(self.model, self.data, self.device, self.autocast if self.amp else None, shard=shard)
         result = {"step": self.step, **result, **collect_diagnostics(self.model)}
         self._emit("on_eval", result)
         if self.is_main:

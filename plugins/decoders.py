@@ -79,11 +79,13 @@ class MotorDecoder(parallax.MotorDecoder):
         nn.init.normal_(self.head.weight, std=0.02)
         self._tied: list[torch.Tensor] = []  # kept out of the module tree so the table is saved once
 
-    def tie(self, weight):
+    def tie(self, weight) -> None:
         if self.cfg.tie and weight is not None:
-            if weight.shape != self.head.weight.shape:
+            expected = self._tied[0].shape if self._tied else self.head.weight.shape
+            if weight.shape != expected:
                 raise parallax.ConfigError("model.decoder.tie: the encoder's table does not match the vocabulary")
-            del self.head
+            if not self._tied:  # a second call (FSDP's gathered table) only re-points the head
+                del self.head
             self._tied = [weight]
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:

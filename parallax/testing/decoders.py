@@ -91,16 +91,29 @@ def assert_decoder_conforms(
         if not sequence:
             return
         m = build(0)
+        (h,) = example()
+        with torch.no_grad():
+            untied = m(h)
         table = nn.Parameter(randn(info.vocab_size, d, seed=4, device=dev))  # (V,d) the encoder's embedding
         m.tie(table)
         require(all(p is not table for p in m.parameters()),
                 "tie registered the shared table as a parameter of the decoder; keep it out of the module tree "
                 "(for example in a plain list) so the model's state dict holds it once, under the encoder")
-        (h,) = example()
         with torch.no_grad():
             out = m(h)
         require(tuple(out.shape) == expected,
                 f"after tie, forward returned shape {tuple(out.shape)}; expected {expected}")
+        # a wrapper that swaps the encoder's parameter (FSDP's gathered weights) ties again: the head
+        # must follow the new table, or it trains a stale copy
+        if tuple(untied.shape) == expected and torch.equal(untied, out):
+            return  # this decoder does not tie (its option is off)
+        again = nn.Parameter(table.detach() * 2)  # (V,d)
+        m.tie(again)
+        with torch.no_grad():
+            moved = m(h)
+        require(not torch.equal(moved, out),
+                "a second tie(weight) left the head on the first table; point it at the new one (FSDP replaces "
+                "the encoder's parameter and ties again)")
 
     report.check("protocol", lambda: check_protocol(cls, MotorDecoder, name))
     report.check("shapes", shapes)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from parallax.distributed import all_finite, any_rank, collective_device
+from parallax.distributed import all_finite, any_rank, collective_device, mean_over_ranks, sum_over_ranks
 
 SERVES = {"nccl": "cuda", "gloo": "cpu"}  # the device type each backend's collectives accept
 
@@ -67,6 +67,14 @@ def test_all_finite_reduces_on_the_cuda_device_under_nccl(fake_nccl, where):
     assert fake_nccl == [torch.device("cuda", 1)]
 
 
+@pytest.mark.parametrize("helper", [lambda: mean_over_ranks(2.5), lambda: sum_over_ranks([1.0, 2.0])])
+def test_the_averages_reduce_on_the_cuda_device_under_nccl(fake_nccl, helper):
+    """The logged loss's mean and a sharded evaluation's sums go the same way as the flags."""
+    with pytest.raises(Reduced):
+        helper()
+    assert fake_nccl == [torch.device("cuda", 1)]
+
+
 def test_the_spy_catches_a_cpu_tensor_under_nccl(fake_nccl):
     """What the old helpers did (a CPU tensor whatever the backend) fails here."""
     with pytest.raises(AssertionError, match="nccl all-reduces a cpu tensor"):
@@ -78,6 +86,7 @@ def test_single_process_answers_locally():
     assert any_rank(True) and not any_rank(False)
     assert all_finite(torch.tensor([1.0, 2.0])) and not all_finite(torch.tensor([1.0, float("nan")]))
     assert not all_finite(torch.tensor(float("inf")))
+    assert mean_over_ranks(2.5) == 2.5 and sum_over_ranks([1.0, 2.0]) == [1.0, 2.0]
 
 
 def test_gloo_group_reduces_on_the_cpu(tmp_path, monkeypatch):
@@ -95,6 +104,7 @@ def test_gloo_group_reduces_on_the_cpu(tmp_path, monkeypatch):
         assert collective_device() == torch.device("cpu")
         assert any_rank(True) and not any_rank(False)
         assert all_finite(torch.tensor(0.5)) and not all_finite(torch.tensor(float("nan")))
+        assert mean_over_ranks(2.5) == 2.5 and sum_over_ranks([1.0, 2.0]) == [1.0, 2.0]
     finally:
         dist.destroy_process_group()
-    assert devices == [torch.device("cpu")] * 4
+    assert devices == [torch.device("cpu")] * 6

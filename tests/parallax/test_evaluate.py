@@ -124,3 +124,51 @@ def test_bits_per_byte_of_a_uniform_guess_by_hand(tmp_path):
 def test_no_bits_per_byte_without_text():
     data = MultiHopData(MultiHopData.Config(val_size=4), seed=0)
     assert data.val_bytes() is None and "val_bpb" not in evaluate(Uniform(data.vocab_size), data, torch.device("cpu"))
+
+
+def _sharded_eval(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        data = MultiHopData(MultiHopData.Config(val_size=24, h_max=3, max_hops=5), seed=0, batch_size=8)
+        res = evaluate(HopOracle(data), data, torch.device("cpu"), shard=(rank, world))
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(res, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sharded_evaluation_sums_to_the_whole_sets(tmp_path):
+    """Two gloo ranks split the 3 validation batches 2 + 1 (rank 1 repeats one batch uncounted, so
+    both run the same number of forwards); their all-reduced figures are the single process's."""
+    import multiprocessing as mp
+
+    data = MultiHopData(MultiHopData.Config(val_size=24, h_max=3, max_hops=5), seed=0, batch_size=8)
+    whole = evaluate(HopOracle(data), data, torch.device("cpu"))
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_sharded_eval, args=(r, 2, str(tmp_path / "store"), str(tmp_path / "res")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    for r in range(2):
+        got = json.loads((tmp_path / f"res.{r}").read_text())
+        assert got.keys() == whole.keys()
+        assert all(got[k] == pytest.approx(whole[k], rel=1e-12) for k in whole)
+
+
+def test_shards_give_every_rank_the_same_number_of_forwards():
+    from parallax.evaluate import _shard
+
+    batches = [{"i": i} for i in range(5)]
+    plans = [_shard(batches, (r, 3)) for r in range(3)]
+    assert [len(p) for p in plans] == [2, 2, 2]
+    counted = sorted(b["i"] for p in plans for b, c in p if c)
+    assert counted == [0, 1, 2, 3, 4]  # each batch counted once, by one rank
+    assert [c for _, c in plans[2]] == [True, False]
+    assert _shard(batches[:1], (1, 2)) == [({"i": 0}, False)]  # a rank with no batch still runs one
+    with pytest.raises(ValueError, match="one process"):
+        evaluate(None, None, torch.device("cpu"), detailed=True, shard=(0, 2))

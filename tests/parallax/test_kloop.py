@@ -118,6 +118,15 @@ def test_training_k_schedules(tiny_recipe):
     assert len(set(ks[8:])) > 3  # after the ramp: spread over [1, 9]
     assert int(model.state_dict()["batches_seen"]) == 40  # the schedule position is checkpointed
 
+    # a warm-up of k_max: the cap holds at k_ramp_from for k_ramp_hold batches, then rises to k_max
+    warm, _ = tiny_model(tiny_recipe, "model.k_max=9", "model.train_k=ramp", "model.k_ramp_steps=10",
+                         "model.k_ramp_from=3", "model.k_ramp_hold=20")
+    warm.train()
+    ks = [warm.training_k() for _ in range(200)]
+    assert set(ks[:20]) == {1, 2, 3}  # uniform in [live_steps, 3] while held
+    assert max(ks[20:25]) <= 3 + int(5 / 10 * 6)  # cap after 5 ramp batches: 6
+    assert max(ks[30:]) == 9 and len(set(ks[30:])) == 9  # then spread over all of [1, 9]
+
     fixed, _ = tiny_model(tiny_recipe, "model.k_max=9")
     fixed.train()
     assert {fixed.training_k() for _ in range(5)} == {9}

@@ -20,11 +20,18 @@ class RegistersTiedTable(Motor):
         self.head.weight = weight  # now the model's state dict would hold the table twice
 
 
+class TiesOnce(Motor):
+    def tie(self, weight):
+        if not self._tied:  # a second call is ignored: under FSDP the head would train a stale table
+            super().tie(weight)
+
+
 @pytest.mark.parametrize(
     "cls,needle",
     [
         (SeesTheFuture, r"causality: the logits at position 0 changed when only settled states at positions >= 1"),
         (RegistersTiedTable, r"tie: tie registered the shared table as a parameter of the decoder"),
+        (TiesOnce, r"tie: a second tie\(weight\) left the head on the first table"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else "",
 )
