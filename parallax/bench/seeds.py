@@ -74,7 +74,15 @@ def spread(values: list[float]) -> dict:
             "n": len(values)}
 
 
-def seed_row(seed: int, row: dict, run_dir: Path, threshold: float | None) -> dict:
+def at_step(points: list[tuple[int, float]], step: int | None) -> tuple[int, float] | None:
+    """The last (step, value) evaluated at or before ``step``; None when none was (or no step is asked)."""
+    if step is None:
+        return None
+    before = [(s, v) for s, v in points if s <= step]
+    return before[-1] if before else None
+
+
+def seed_row(seed: int, row: dict, run_dir: Path, threshold: float | None, step: int | None = None) -> dict:
     name, higher = metric_name(row)
     points = curve(run_dir / "metrics.jsonl", name)
     values = [v for _, v in points] or [row[name]]
@@ -82,7 +90,9 @@ def seed_row(seed: int, row: dict, run_dir: Path, threshold: float | None) -> di
     reached = None
     if threshold is not None and higher:
         reached = next((s for s, v in points if v >= threshold), None)
+    common = at_step(points, step)
     return {"seed": seed, "metric": name, "final": row[name], "best": best, "reached_at": reached,
+            **({"at_step": {"step": common[0], "value": common[1]} if common else None} if step else {}),
             "steps": row["steps"], "stop": row["stop"], "train_seconds": row["train_seconds"],
             "wall_seconds": row["wall_seconds"], "curve": points,
             **{k: row[k] for k in ("val_loss", "val_k_mean") if k in row}}
@@ -93,6 +103,8 @@ def summarise(rows: list[dict], threshold: float | None) -> dict:
     higher = dict(METRICS)[name]
     out = {"metric": name, "final": spread([r["final"] for r in rows]), "best": spread([r["best"] for r in rows]),
            "train_seconds": spread([r["train_seconds"] for r in rows])}
+    if "at_step" in rows[0] and all(r["at_step"] for r in rows):
+        out["at_step"] = spread([r["at_step"]["value"] for r in rows])
     if threshold is not None:
         ok = [r["final"] >= threshold if higher else r["final"] <= threshold for r in rows]
         out["threshold"] = threshold
@@ -101,7 +113,7 @@ def summarise(rows: list[dict], threshold: float | None) -> dict:
 
 
 def run_seeds(recipe: str, seeds: list[int], overrides: list[str], root: Path, jobs: int = 1,
-              threshold: float | None = None, err=None, prefix: str = "") -> list[dict]:
+              threshold: float | None = None, err=None, prefix: str = "", step: int | None = None) -> list[dict]:
     """Train ``recipe`` once per seed under ``root/<prefix>seed-N``; the per-seed rows, in seed order."""
     from ..recipe import load_recipe
     from .child import train_in_child
@@ -116,7 +128,7 @@ def run_seeds(recipe: str, seeds: list[int], overrides: list[str], root: Path, j
 
     def one(seed: int, run_dir: Path) -> dict:
         row = train_in_child(recipe, [*overrides, *extra, f"seed={seed}", f"out_dir={run_dir}"], run_dir, err)
-        return seed_row(seed, row, run_dir, threshold)
+        return seed_row(seed, row, run_dir, threshold, step)
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
@@ -131,7 +143,8 @@ def _check_seeds(seeds: list[int]) -> None:
 
 
 def measure(recipe: str, seeds: list[int], overrides: list[str], threshold: float | None = None, jobs: int = 1,
-            steps: int | None = None, minutes: float | None = None, out: str | Path | None = None, err=None) -> dict:
+            steps: int | None = None, minutes: float | None = None, out: str | Path | None = None, err=None,
+            step: int | None = None) -> dict:
     from rich.console import Console
 
     from .child import budget_overrides
@@ -142,7 +155,7 @@ def measure(recipe: str, seeds: list[int], overrides: list[str], threshold: floa
     root = Path(out) if out else Path(tempfile.mkdtemp(prefix="parallax-seeds-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        rows = run_seeds(recipe, seeds, base, root, jobs, threshold, err)
+        rows = run_seeds(recipe, seeds, base, root, jobs, threshold, err, step=step)
     finally:
         if not out:
             shutil.rmtree(root, ignore_errors=True)
@@ -164,22 +177,27 @@ def fmt_spread(name: str, s: dict) -> str:
 
 def run(args, out, err) -> int:
     result = measure(args.recipe, args.seeds, args.overrides, args.threshold, args.jobs, args.steps, args.minutes,
-                     args.out, err)
+                     args.out, err, args.at_step)
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
     s = result["summary"]
     name = s["metric"]
     reached = f"reached {args.threshold:g} at" if args.threshold is not None else "-"
-    table = Table("seed", f"final {name}", "best", reached,
+    common = [f"at step <= {args.at_step}"] if args.at_step else []
+    table = Table("seed", f"final {name}", "best", *common, reached,
                   "steps", "train s", "wall s", title=f"bench seeds {result['recipe']}")
     for r in result["seeds"]:
-        table.add_row(str(r["seed"]), fmt(name, r["final"]), fmt(name, r["best"]),
+        point = r.get("at_step")
+        cell = [f"{fmt(name, point['value'])} (step {point['step']})" if point else "-"] if args.at_step else []
+        table.add_row(str(r["seed"]), fmt(name, r["final"]), fmt(name, r["best"]), *cell,
                       str(r["reached_at"]) if r["reached_at"] is not None else "-", str(r["steps"]),
                       f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}")
     widen(out)
     out.print(table)
     line = f"final {fmt_spread(name, s['final'])}; best {fmt_spread(name, s['best'])} over {s['final']['n']} seeds"
+    if "at_step" in s:
+        line += f"; at step <= {args.at_step} {fmt_spread(name, s['at_step'])}"
     if "share_at_threshold" in s:
         line += f"; {s['share_at_threshold']:.0%} of seeds at or above {s['threshold']:g}"
     out.print(line + " (std: sample standard deviation)", highlight=False)

@@ -283,6 +283,9 @@ def _seed_benchmarks(bsub) -> None:
         if name == "seeds":
             s.add_argument("--threshold", type=float, default=0.95,
                            help="report the share of seeds whose final metric reaches this (default 0.95)")
+            s.add_argument("--at-step", type=_count, default=None, metavar="N",
+                           help="also report each seed's metric at its last evaluation at or before step N, "
+                                "a common point for runs that a wall-clock budget stops at different steps")
         s.add_argument("--jobs", type=_count, default=1,
                        help="runs at once (default 1); train.threads is split so that jobs * threads <= CPUs")
         budget = s.add_mutually_exclusive_group()

@@ -49,6 +49,24 @@ def test_seeds_table_and_a_taken_out_folder(tiny, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_at_step_is_the_last_evaluation_at_or_before_it():
+    points = [(250, 0.1), (500, 0.4), (750, 0.6)]
+    assert seeds.at_step(points, 600) == (500, 0.4) and seeds.at_step(points, 750) == (750, 0.6)
+    assert seeds.at_step(points, 100) is None and seeds.at_step(points, None) is None
+    rows = [{"metric": "val_accuracy", "final": f, "best": f, "train_seconds": 1.0, "at_step": a}
+            for f, a in [(0.9, {"step": 500, "value": 0.4}), (0.8, {"step": 500, "value": 0.6})]]
+    assert seeds.summarise(rows, None)["at_step"]["mean"] == pytest.approx(0.5)
+    rows[1]["at_step"] = None  # a seed stopped before the step: no common figure
+    assert "at_step" not in seeds.summarise(rows, None)
+
+
+def test_seeds_at_step_in_the_table(tiny, tmp_path, capsys):
+    assert main(["bench", "seeds", str(tiny), "--seeds", "0", "--steps", "4", "--at-step", "3",
+                 "--out", str(tmp_path / "s")]) == 0
+    text = capsys.readouterr().out
+    assert "at step <= 3" in text and "(step 3)" in text
+
+
 def test_jobs_split_the_threads_so_the_cores_are_never_oversubscribed():
     assert seeds.thread_split(1, None, cpus=2) is None  # one run keeps the recipe's own threads
     assert seeds.thread_split(2, None, cpus=2) == 1
