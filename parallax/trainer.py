@@ -3,9 +3,10 @@
 The K-loop contract itself (K-1 frozen steps, ``live_steps`` live) lives in the model; the trainer
 runs the loop around it: a step of autocast, backward, clipping and the optimizer; logging through
 ``train.loggers`` (metrics.jsonl by default); evaluation; checkpoints with resume; a wall-clock
-budget; DDP or FSDP2 (``parallel``; rank 0 logs and saves). It runs unchanged under torchrun. What it is built from lives
-elsewhere: the optimizer and schedule in ``optim``, data, device and precision in ``build``, resume
-and state restoring in ``resume``, checkpoint files in ``checkpoint``, the loggers in ``loggers``.
+budget; DDP or FSDP2 (``parallel``; rank 0 logs and saves). It runs unchanged under torchrun.
+What it is built from lives elsewhere: the optimizer and schedule in ``optim``, data, device and
+precision in ``build``, resume and state restoring in ``resume``, checkpoint files in
+``checkpoint``, the loggers in ``loggers``, the DDP and FSDP wrapping in ``parallel``.
 Benchmarks and loggers watch it through ``callbacks``.
 """
 from __future__ import annotations
