@@ -104,7 +104,7 @@ def apply_recipe_options(opt_cfg: OptimizerConfig, optimizer, scheduler, fresh: 
         side = "adamw." if f.get("optimizer") == "adamw" and opt_cfg.type.lower() == "muon" else ""
         for k, v in f.items():
             name = side + ("lr" if k == "initial_lr" else k)
-            if k != "lr" and k in g and g[k] != v and name not in changed:
+            if k != "lr" and k in g and not _same(g[k], v) and name not in changed:
                 changed[name] = (v, g[k])
     for g, f in zip(groups, fresh):
         g.update(f)
@@ -115,6 +115,13 @@ def apply_recipe_options(opt_cfg: OptimizerConfig, optimizer, scheduler, fresh: 
     scheduler._last_lr = [g["lr"] for g in groups]
     return [f"train.optimizer.{k}: the recipe's {new} replaces the checkpoint's {old}"
             for k, (new, old) in sorted(changed.items())]
+
+
+def _same(a, b) -> bool:
+    """Equal options; a tuple equals the list it becomes in a saved state (betas)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
 
 
 def group_keys(state: dict | None) -> list[set] | dict | None:

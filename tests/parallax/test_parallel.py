@@ -61,6 +61,14 @@ def test_fsdp_on_two_ranks_matches_one_process_and_its_checkpoint_loads_anywhere
     assert alone["val_accuracy"] == pytest.approx(summary["val_accuracy"], abs=1e-9)
     assert main(["run", str(RECIPE), f"out_dir={out}", *SHORT, "train.max_steps=22", "train.resume=auto"]) == 0
     assert json.loads((out / "summary.json").read_text())["step"] == 22
+    # and the single process's checkpoint back on two FSDP ranks: each keeps its shard of the full
+    # optimizer state, and no option is reported changed (saved betas are a list, the recipe's a tuple)
+    again = subprocess.run([*cmd[:-len(SHORT)], *SHORT, "train.max_steps=24", "train.resume=auto"],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr and "replaces the checkpoint's" not in again.stderr
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["step"] == 24 and resumed["world_size"] == 2
 
 
 def test_fsdp_refuses_what_it_cannot_shard(capsys):
