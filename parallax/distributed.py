@@ -67,9 +67,7 @@ def mean_over_ranks(value: float, group: dist.ProcessGroup | None = None) -> flo
     """The mean of a float over the ranks (an average all-reduce); ``value`` itself in one process."""
     if not _initialized():
         return value
-    t = torch.tensor(value, dtype=torch.float64, device=collective_device(group))  # ()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t.item() / dist.get_world_size(group)
+    return sum_over_ranks([value], group)[0] / dist.get_world_size(group)
 
 
 def sum_over_ranks(values: list[float], group: dist.ProcessGroup | None = None) -> list[float]:

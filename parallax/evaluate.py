@@ -14,6 +14,7 @@ does not follow surprisal.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +64,14 @@ def surprisal_quantiles(surprisal: torch.Tensor, k: torch.Tensor, n: int = QUANT
     return rows
 
 
-def _shard(batches: list[dict], shard: tuple[int, int] | None) -> list[tuple[dict, bool]]:
+def _shard(batches: Iterable[dict], shard: tuple[int, int] | None) -> Iterable[tuple[dict, bool]]:
     """(batch, counted) for this rank: batches rank, rank + world, ... Every rank gets the same number
     of forwards (FSDP gathers weights in each, a collective), so a rank short of one repeats its
-    first batch uncounted (or the whole set's, when it has none)."""
+    first batch uncounted (or the whole set's, when it has none). One process streams the batches."""
     if shard is None:
-        return [(b, True) for b in batches]
+        return ((b, True) for b in batches)
     rank, world = shard
+    batches = list(batches)
     mine = batches[rank::world]
     rounds = -(-len(batches) // world)  # ceil
     filler = (mine or batches)[0]
@@ -91,7 +93,7 @@ def evaluate(model: torch.nn.Module, data: DataSource, device: torch.device, aut
     k_cnt: dict[str, float] = {}
     kind_hits: dict[str, list[float]] = {}  # name -> [positions, scored targets, correct]
     surprisals, target_ks, all_ks = [], [], []
-    for batch, counted in _shard(list(data.val_batches()), shard):
+    for batch, counted in _shard(data.val_batches(), shard):
         inputs, targets = batch["inputs"].to(device), batch["targets"].to(device)
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
             out = model(inputs)

@@ -90,10 +90,11 @@ def seed_row(seed: int, row: dict, run_dir: Path, threshold: float | None, step:
     reached = None
     if threshold is not None and higher:
         reached = next((s for s, v in points if v >= threshold), None)
-    common = at_step(points, step)
-    return {"seed": seed, "metric": name, "final": row[name], "best": best, "reached_at": reached,
-            **({"at_step": {"step": common[0], "value": common[1]} if common else None} if step else {}),
-            "steps": row["steps"], "stop": row["stop"], "train_seconds": row["train_seconds"],
+    out = {"seed": seed, "metric": name, "final": row[name], "best": best, "reached_at": reached}
+    if step is not None:  # None where no evaluation came at or before the step
+        common = at_step(points, step)
+        out["at_step"] = {"step": common[0], "value": common[1]} if common else None
+    return {**out, "steps": row["steps"], "stop": row["stop"], "train_seconds": row["train_seconds"],
             "wall_seconds": row["wall_seconds"], "curve": points,
             **{k: row[k] for k in ("val_loss", "val_k_mean") if k in row}}
 

@@ -19,6 +19,15 @@ def small(**kw) -> Transformer:
     return Transformer(Transformer.Config(**opts), DataInfo(vocab_size=V)).eval()
 
 
+def logits_with_one_token_changed(model: Transformer, length: int, at: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (2,length,V) of random tokens, and of the same tokens with the one at ``at`` changed."""
+    ids = torch.randint(0, V, (2, length))
+    changed = ids.clone()
+    changed[:, at] = (changed[:, at] + 1) % V
+    with torch.no_grad():
+        return model(ids).logits, model(changed).logits
+
+
 def test_forward_shapes_and_no_k():
     out = small()(torch.randint(0, V, (3, 9)))
     assert out.logits.shape == (3, 9, V)
@@ -26,13 +35,8 @@ def test_forward_shapes_and_no_k():
 
 
 def test_changing_a_later_token_leaves_earlier_logits_unchanged():
-    model = small()
-    ids = torch.randint(0, V, (2, 12))
     t = 6
-    changed = ids.clone()
-    changed[:, t + 1] = (changed[:, t + 1] + 1) % V
-    with torch.no_grad():
-        a, b = model(ids).logits, model(changed).logits
+    a, b = logits_with_one_token_changed(small(), 12, t + 1)
     torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1])
     assert not torch.allclose(a[:, t + 1], b[:, t + 1])
 
@@ -60,12 +64,7 @@ def test_covariance_attention_starts_as_softmax_attention():
 
 
 def test_covariance_attention_is_causal():
-    model = covariance()
-    ids = torch.randint(0, V, (2, 11))
-    changed = ids.clone()
-    changed[:, 7] = (changed[:, 7] + 1) % V
-    with torch.no_grad():
-        a, b = model(ids).logits, model(changed).logits
+    a, b = logits_with_one_token_changed(covariance(), 11, 7)
     torch.testing.assert_close(a[:, :7], b[:, :7])
     assert not torch.allclose(a[:, 7], b[:, 7])
 
@@ -144,12 +143,7 @@ def test_token_shift_is_the_window_sum_by_hand():
 def test_window_sees_exactly_the_previous_tokens_of_a_one_layer_model():
     """With one block the logits at t depend on tokens <= t only (causal), and the window reaches
     back through the token shift, not only through attention."""
-    model = small(n_layer=1, window=3)
-    ids = torch.randint(0, V, (2, 10))
-    changed = ids.clone()
-    changed[:, 6] = (changed[:, 6] + 1) % V
-    with torch.no_grad():
-        a, b = model(ids).logits, model(changed).logits
+    a, b = logits_with_one_token_changed(small(n_layer=1, window=3), 10, 6)
     torch.testing.assert_close(a[:, :6], b[:, :6])
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
