@@ -96,7 +96,7 @@ def seed_row(seed: int, row: dict, run_dir: Path, threshold: float | None, step:
         out["at_step"] = {"step": common[0], "value": common[1]} if common else None
     return {**out, "steps": row["steps"], "stop": row["stop"], "train_seconds": row["train_seconds"],
             "wall_seconds": row["wall_seconds"], "curve": points,
-            **{k: row[k] for k in ("val_loss", "val_k_mean") if k in row}}
+            **{k: row[k] for k in ("val_loss", "val_bpb", "val_k_mean") if k in row}}
 
 
 def summarise(rows: list[dict], threshold: float | None) -> dict:
@@ -106,6 +106,9 @@ def summarise(rows: list[dict], threshold: float | None) -> dict:
            "train_seconds": spread([r["train_seconds"] for r in rows])}
     if "at_step" in rows[0] and all(r["at_step"] for r in rows):
         out["at_step"] = spread([r["at_step"]["value"] for r in rows])
+    for key in ("val_loss", "val_bpb"):  # text runs compare on these across tokenizers (bits per byte)
+        if key != name and all(key in r for r in rows):
+            out[key] = spread([r[key] for r in rows])
     if threshold is not None:
         ok = [r["final"] >= threshold if higher else r["final"] <= threshold for r in rows]
         out["threshold"] = threshold
@@ -199,6 +202,8 @@ def run(args, out, err) -> int:
     line = f"final {fmt_spread(name, s['final'])}; best {fmt_spread(name, s['best'])} over {s['final']['n']} seeds"
     if "at_step" in s:
         line += f"; at step <= {args.at_step} {fmt_spread(name, s['at_step'])}"
+    if "val_bpb" in s:
+        line += f"; bits/byte {fmt_spread('val_bpb', s['val_bpb'])}"
     if "share_at_threshold" in s:
         line += f"; {s['share_at_threshold']:.0%} of seeds at or above {s['threshold']:g}"
     out.print(line + " (std: sample standard deviation)", highlight=False)

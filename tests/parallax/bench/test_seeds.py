@@ -60,6 +60,16 @@ def test_at_step_is_the_last_evaluation_at_or_before_it():
     assert "at_step" not in seeds.summarise(rows, None)
 
 
+def test_text_seeds_report_loss_and_bits_per_byte_over_the_seeds():
+    rows = [{"metric": "val_perplexity", "final": p, "best": p, "train_seconds": 1.0, "val_loss": loss, "val_bpb": b}
+            for p, loss, b in [(20.0, 3.0, 1.1), (30.0, 3.4, 1.3)]]
+    s = seeds.summarise(rows, None)
+    assert s["val_bpb"]["mean"] == pytest.approx(1.2) and s["val_bpb"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert s["val_loss"]["mean"] == pytest.approx(3.2)
+    del rows[1]["val_bpb"]  # a run without text (or an older row): no spread of a figure some seeds lack
+    assert "val_bpb" not in seeds.summarise(rows, None)
+
+
 def test_seeds_at_step_in_the_table(tiny, tmp_path, capsys):
     assert main(["bench", "seeds", str(tiny), "--seeds", "0", "--steps", "4", "--at-step", "3",
                  "--out", str(tmp_path / "s")]) == 0
