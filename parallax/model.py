@@ -81,6 +81,7 @@ class CWSModel(Model):
     """
 
     has_k_loop = True
+    takes_scored = True  # a learned halting rule labels the positions without a target "safe to stop"
 
     class Config(Spec):
         type: str = "cws"
@@ -163,7 +164,10 @@ class CWSModel(Model):
         # torch's RNG, so the draw is part of the seeded, checkpointed run state
         return int(torch.randint(lo, cap + 1, ()).item())
 
-    def forward(self, inputs: torch.Tensor, k_max: int | None = None, trace: bool = False) -> ModelOutput:
+    def forward(self, inputs: torch.Tensor, k_max: int | None = None, trace: bool = False,
+                scored: torch.Tensor | None = None) -> ModelOutput:
+        """inputs (B,T) -> logits (B,T,V) and each position's K (B,T). ``scored`` (B,T) bool, in training:
+        the positions whose target counts in the loss, handed to a learned halting rule's loss."""
         if k_max is None and self.training:
             k_max = self.training_k()
         x, positions, contexts = self._observe(inputs)
@@ -171,7 +175,7 @@ class CWSModel(Model):
         logits = self.decoder(res.h)
         stats: dict[str, Any] = {"work": res.work}
         if self.training and self.halting is not None:
-            aux = self.halting.loss(res.memo, res.h_frozen, self.decoder)
+            aux = self.halting.loss(res.memo, res.h_frozen, self.decoder, scored)
             if aux is not None:  # the trainer adds it to the task loss
                 stats["aux_loss"] = aux
         if trace:

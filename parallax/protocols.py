@@ -51,12 +51,16 @@ class Model(nn.Module):
       compare halting against it), and ``trajectory(inputs, k)`` gives the states h_0..h_k;
     - ``decode_step(tokens_t, cache)``: incremental generation of one new position per row;
     - ``width_key``: the option under ``model`` that sets its width, which ``bench compare
-      --match-params`` may change (None: never resized).
+      --match-params`` may change (None: never resized);
+    - ``takes_scored``: whether ``forward`` also takes ``scored=`` ``(B,T)`` bool, the positions whose
+      target counts in the loss; the trainer passes it in training (a learned halting rule labels the
+      others "safe to stop": there is no answer there to change).
     """
 
     Config: ClassVar[type[Spec]]
     has_k_loop: ClassVar[bool] = False
     width_key: ClassVar[str | None] = None
+    takes_scored: ClassVar[bool] = False
     k_max: int | None = None
     live_steps: int = 1
 
@@ -221,9 +225,11 @@ class HaltingRule:
       buffer the loop may overwrite in place: clone what is kept in ``memo``);
     - the rule subclasses ``nn.Module`` as well; the model then builds it as ``cls(cfg, d_model)`` and
       registers it as its submodule ``halting``, so its parameters train and are saved with the model;
-    - ``loss(memo, h_frozen, decode)``: called by the model after each training forward with the memo
-      of that settle, the state after the frozen steps ``h_frozen (B,T,d)`` and the model's decoder
-      (``decode(h) -> logits``); a tensor it returns is added to the task loss (``stats["aux_loss"]``).
+    - ``loss(memo, h_frozen, decode, scored=None)``: called by the model after each training forward
+      with the memo of that settle, the state after the frozen steps ``h_frozen (B,T,d)``, the model's
+      decoder (``decode(h) -> logits``) and, where the trainer gave it, ``scored (B,T)``: the positions
+      whose target counts in the loss. A tensor it returns is added to the task loss
+      (``stats["aux_loss"]``).
     """
 
     Config: ClassVar[type[Spec]]
@@ -235,7 +241,8 @@ class HaltingRule:
     def update(self, raw: torch.Tensor, prev_raw: torch.Tensor | None, memo: dict, k: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, memo: dict, h_frozen: torch.Tensor, decode) -> torch.Tensor | None:
+    def loss(self, memo: dict, h_frozen: torch.Tensor, decode,
+             scored: torch.Tensor | None = None) -> torch.Tensor | None:
         return None
 
 

@@ -157,7 +157,9 @@ class Trainer:
         """One optimizer step on ``batch``; returns (loss, mean K of the batch or None) as 0-d tensors."""
         inputs, targets = batch["inputs"].to(self.device), batch["targets"].to(self.device)
         with self.autocast():
-            out = self.net(inputs)
+            # which positions count in the loss, for a model whose learned halting labels the others
+            extra = {"scored": targets != -100} if self.model.takes_scored else {}
+            out = self.net(inputs, **extra)
             loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         if not all_finite(loss):
             # Nothing is saved: weights that give a non-finite loss, finite or not, are not a state

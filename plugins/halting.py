@@ -60,6 +60,9 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
     K (one kept state ``(B,T,d)``); the cost is two decoder passes under ``no_grad`` per training batch.
     The head's input is detached, so its loss trains the head only, never the workspace.
 
+    Positions whose target is ignored (``scored`` False, from the trainer) are labelled "stop": there is
+    no answer there for more steps to change, and the untrained decoder's argmax at them moves at random.
+
     Censoring: a position that halts early never shows what later steps would have said, and labels
     from its truncated trajectory would call any early stop "consistent", reinforcing it. So in training
     a fraction ``explore`` of positions ignores the head and runs the batch's whole budget, and only
@@ -103,13 +106,16 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
             memo["kept"] = h.clone()  # the loop overwrites h in place
         return halt & ~memo["explore"]
 
-    def loss(self, memo, h_frozen, decode):
+    def loss(self, memo, h_frozen, decode, scored=None):
         if "kept" not in memo or not memo["explore"].any():  # no frozen step, or no position explored
             # a zero that still reaches the head, so that every parameter has a gradient each step (DDP)
             return sum(p.sum() for p in self.parameters()) * 0.0
         with torch.no_grad():
             same = decode(memo["kept"]).argmax(-1) == decode(h_frozen).argmax(-1)  # (B,T), or (B,) for a classifier
             same = same.expand(memo["explore"].shape) if same.dim() == 2 else same[:, None].expand_as(memo["explore"])
+            if scored is not None and scored.shape == same.shape:
+                # a position whose target is ignored has no answer that more steps could change
+                same = same | ~scored
         z = self.logit(memo["kept"])  # (B,T) with a graph through the head only
         labelled = memo["explore"]
         return self.cfg.weight * F.binary_cross_entropy_with_logits(z[labelled], same[labelled].to(z.dtype))

@@ -84,7 +84,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
                 "c_fixed_k_max": (True, k_max)}
     times: dict[str, list[float]] = {name: [] for name in settings}
     loop_times: dict[str, list[float]] = {name: [] for name in settings}
-    info: dict[str, tuple[float, int, float]] = {}
+    info: dict[str, tuple[float, int, float, int]] = {}
     names = list(settings)
     # the K loop alone: the encoder and the experts' contexts are computed once, outside the clock
     with torch.no_grad():
@@ -102,15 +102,18 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     for r in range(repeats):
         for name in names[r % 3:] + names[: r % 3]:
             fixed, k = settings[name]
-            seconds, k_mean, work, iterations, _ = run(fixed, k)
+            seconds, k_mean, work, iterations, k_maps_now = run(fixed, k)
             times[name].append(seconds)
-            info[name] = (k_mean, work, iterations)
+            info[name] = (k_mean, work, iterations, sum(int(km.sum()) for km in k_maps_now))
             if loops:
                 loop_times[name].append(k_loop_seconds(fixed, k))
     rows = []
     for name, (_, k) in settings.items():
-        k_mean, work, iterations = info[name]
+        k_mean, work, iterations, k_sum = info[name]
+        # position_steps is what the K loop computed, counted block by block; k_sum is the steps the
+        # positions took (their frozen steps plus the live ones): equal where halted positions cost nothing
         rows.append({"setting": name, "k_budget": k, "k_mean": round(k_mean, 3),
+                     "position_steps": work, "k_sum": k_sum,
                      "position_steps_per_token": round(work / tokens, 3),
                      "iterations_per_k_loop": round(iterations, 3),
                      "seconds_per_token": statistics.median(times[name]) / tokens,

@@ -28,12 +28,12 @@ class HopOracle(nn.Module):
 
     def forward(self, inputs):
         B, T = inputs.shape
-        n_nodes, n_bind = self.data.cfg.n_nodes, 2 * self.data.n_edges
+        n_nodes, n_bind = self.data.cfg.n_nodes, 3 * self.data.n_edges
         logits = torch.zeros(B, T, self.data.vocab_size)
         k = torch.ones(B, T, dtype=torch.long)
         for b in range(B):
             row = inputs[b].tolist()
-            succ = dict(zip(row[0:n_bind:2], row[1:n_bind:2]))
+            succ = dict(zip(row[0:n_bind:3], row[2:n_bind:3]))  # a > b
             for pos in range(n_bind + 1, T, 3):  # the hop tokens
                 h = row[pos] - n_nodes + 1
                 logits[b, pos, succ[row[pos - 1]] if h == 1 else n_nodes] = 1.0  # n_nodes: a hop token, never an answer

@@ -49,6 +49,43 @@ def test_gradients_reach_the_halting_head_and_only_from_its_own_loss(tiny_recipe
     assert touched == {"halting.head.weight", "halting.head.bias"}
 
 
+def test_positions_without_a_target_are_labelled_safe_to_stop(tiny_recipe):
+    """Where the target is ignored (-100) no answer can change, so the label there is "stop" whatever
+    the trajectory says; the head's loss then falls as its halting logit rises at those positions."""
+    model, data, _ = learned_model(tiny_recipe, "model.halting.explore=1.0")
+    model.train()
+    inputs = data.batch(1)["inputs"]
+    none_scored = torch.zeros(inputs.shape, dtype=torch.bool)
+    torch.manual_seed(0)
+    low = model(inputs, k_max=4, scored=none_scored).stats["aux_loss"]
+    with torch.no_grad():
+        model.halting.head.bias.fill_(4.0)  # the head says "stop" everywhere
+    torch.manual_seed(0)
+    high = model(inputs, k_max=4, scored=none_scored).stats["aux_loss"]
+    assert high.item() < 0.05 < low.item()  # BCE against an all-ones label: log(1 + e^-4) = 0.018
+    torch.manual_seed(0)
+    scored = model(inputs, k_max=4, scored=~none_scored).stats["aux_loss"]
+    torch.manual_seed(0)
+    assert torch.equal(scored, model(inputs, k_max=4).stats["aux_loss"])  # every position scored: no change
+
+
+def test_the_trainer_tells_the_model_which_positions_are_scored(tiny_recipe, monkeypatch):
+    from parallax.model import CWSModel as Model
+
+    seen = []
+    forward = Model.forward
+
+    def spy(self, inputs, *args, **kwargs):
+        seen.append(kwargs.get("scored"))
+        return forward(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "forward", spy)
+    assert main(["run", str(tiny_recipe), *LEARNED, "train.max_steps=1", "train.eval_every=100"]) == 0
+    recipe = load_recipe(str(tiny_recipe), LEARNED)
+    targets = build_data(recipe, get_registry()).batch(1)["targets"]  # step 1 trains on batch 1
+    assert seen[0] is not None and torch.equal(seen[0], targets != -100)
+
+
 def test_halting_is_per_position(tiny_recipe):
     model, data, _ = learned_model(tiny_recipe, "model.k_max=8")
     model.eval()

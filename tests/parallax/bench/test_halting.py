@@ -65,3 +65,26 @@ def test_bench_halting_takes_a_run_directory_and_times_the_k_loop_alone(tiny_rec
     a, _, c = out["rows"]
     assert out["k_loop_a_over_c"] == round(a["k_loop_seconds_per_token"] / c["k_loop_seconds_per_token"], 3)
     assert out["m_over_k_max"] == round(out["m"] / out["k_max"], 3)
+
+
+def test_on_a_trained_multihop_checkpoint_the_work_is_exactly_the_steps_taken(tmp_path, capsys):
+    """The packed K loop counts what it computes block by block (``position_steps``); each position's
+    K summed (``k_sum``) is its frozen steps plus the live ones. On a trained multihop checkpoint whose
+    positions halt unevenly, the two agree exactly: a halted position costs nothing."""
+    from parallax.testing import write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path / "tiny.yaml", tmp_path / "run")
+    data = "{type: multihop, n_nodes: 16, n_chains: 1, n_queries: 3, h_max: 2, max_hops: 4, val_size: 8}"
+    assert main(["run", str(recipe), f"data={data}", "model.k_max=8", "train.max_steps=3",
+                 "train.eval_every=100"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "halting", str(tmp_path / "run"), "--batch-size", "4", "--batches", "2",
+                 "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["checkpoint"] == str(tmp_path / "run" / "step-00000003")
+    a, b, c = out["rows"]
+    for row in (a, b, c):
+        assert row["position_steps"] == row["k_sum"]
+    tokens = out["tokens"]
+    assert c["k_sum"] == 8 * tokens and b["k_sum"] == b["k_budget"] * tokens
+    assert a["k_sum"] < c["k_sum"] and 0 < out["a_at_k_max"] < 1  # (a) halted some positions, not all

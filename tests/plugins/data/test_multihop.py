@@ -17,10 +17,10 @@ def make(seed: int = 0, batch_size: int = 8, **cfg) -> MultiHopData:
 def walk(inputs: list[int], data: MultiHopData) -> list[tuple[int, int, int, int]]:
     """(position of the hop token, start node, h, the node h hops on) for every query, found by
     following the bindings written in the sequence itself."""
-    n_bind = 2 * data.n_edges
+    n_bind = 3 * data.n_edges
     succ: dict[int, int] = {}
-    for a, b in zip(inputs[0:n_bind:2], inputs[1:n_bind:2]):
-        assert a not in succ, "a node bound twice"
+    for a, arrow, b in zip(inputs[0:n_bind:3], inputs[1:n_bind:3], inputs[2:n_bind:3]):
+        assert arrow == data.arrow and a not in succ, "a binding without its arrow, or a node bound twice"
         succ[a] = b
     out = []
     for pos in range(n_bind, len(inputs), 3):
@@ -36,8 +36,8 @@ def walk(inputs: list[int], data: MultiHopData) -> list[tuple[int, int, int, int
 def test_registered_and_sized():
     assert get_registry().get("data_sources", "multihop") is MultiHopData
     data = make()
-    assert data.vocab_size == 64 + 8  # nodes, then one hop token per h in 1..max_hops
-    assert data.seq_len == 2 * 2 * 8 + 3 * 8  # 2 chains of 9 nodes: 16 bindings; 8 queries of 3 tokens
+    assert data.vocab_size == 64 + 8 + 1  # nodes, one hop token per h in 1..max_hops, the arrow
+    assert data.seq_len == 3 * 2 * 8 + 3 * 8  # 2 chains of 9 nodes: 16 bindings "a > b"; 8 queries of 3 tokens
     assert data.kind_names == {0: "other", **{h: f"hop{h}" for h in range(1, 9)}}
     b = data.batch(0)
     assert b["inputs"].shape == b["targets"].shape == b["kind"].shape == (8, data.seq_len)
@@ -67,8 +67,10 @@ def test_answers_follow_the_chain(cfg):
 def test_chains_are_walks_of_distinct_nodes():
     data = make()
     inputs = data.batch(3)["inputs"][0].tolist()
-    n_bind = 2 * data.n_edges
-    src, dst = inputs[0:n_bind:2], inputs[1:n_bind:2]
+    n_bind = 3 * data.n_edges
+    src, dst = inputs[0:n_bind:3], inputs[2:n_bind:3]
+    assert set(inputs[1:n_bind:3]) == {data.arrow}
+    assert data.arrow not in inputs[n_bind:]  # the arrow marks bindings only
     assert len(set(src)) == len(src) and len(set(dst)) == len(dst)
     heads = set(src) - set(dst)  # chain starts
     assert len(heads) == data.cfg.n_chains
@@ -93,7 +95,7 @@ def test_validation_is_fixed_and_apart_from_training():
     other_seed = torch.cat([v["inputs"] for v in make(seed=7, batch_size=16).val_batches()])
     assert val.shape[0] == 40 and torch.equal(val, other_seed)  # the run's seed and batch size leave it alone
     data = make(seed=0, batch_size=32)
-    n_bind = 2 * data.n_edges
+    n_bind = 3 * data.n_edges
     val_contexts = {tuple(r) for r in val[:, :n_bind].tolist()}
     for step in range(200):  # no validation context among the first 6,400 training sequences
         train = data.batch(step)["inputs"][:, :n_bind].tolist()
@@ -108,7 +110,7 @@ def test_eval_hops_ask_longer_walks_of_the_same_contexts():
     near_val = torch.cat([v["inputs"] for v in base.val_batches()])
     far_batches = list(far.val_batches())
     far_val = torch.cat([v["inputs"] for v in far_batches])
-    n_bind = 2 * base.n_edges
+    n_bind = 3 * base.n_edges
     assert torch.equal(near_val[:, :n_bind], far_val[:, :n_bind])
     hs = set()
     for b in far_batches:
@@ -130,3 +132,14 @@ def test_eval_hops_ask_longer_walks_of_the_same_contexts():
 def test_bad_configs_say_why(cfg, message):
     with pytest.raises(ValidationError, match=message):
         MultiHopData.Config(**cfg)
+
+
+def test_the_hop_curriculum_adds_one_hop_at_a_time_and_leaves_validation_alone():
+    data = make(h_ramp_steps=300)  # h_max 4: stages of 100 steps at 1, 2 and 3 hops, then 4
+    assert [data.hops_at(s) for s in (0, 99, 100, 199, 200, 299, 300, 10_000)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    for step, most in ((0, 1), (150, 2), (250, 3), (400, 4)):
+        kinds = torch.cat([data.batch(step + i)["kind"] for i in range(8)])
+        assert set(kinds.unique().tolist()) == {0, *range(1, most + 1)}
+    plain = make()
+    assert all(torch.equal(a["kind"], b["kind"]) for a, b in zip(data.val_batches(), plain.val_batches()))
+    assert torch.equal(data.batch(500)["inputs"], plain.batch(500)["inputs"])  # after the ramp: the same batches
