@@ -83,17 +83,24 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         explore: float = Field(0.25, ge=0, le=1, description="fraction of positions that, in training, run the "
                                "whole budget and label the head")
         weight: float = Field(1.0, ge=0, description="weight of the head's loss beside the task loss")
+        speed: float = Field(10.0, gt=0, description="the halting logit is speed * (w·x + b): under Adam, the "
+                             "head's learning rate times speed")
 
     def __init__(self, cfg: Config, d_model: int):
         nn.Module.__init__(self)
         parallax.HaltingRule.__init__(self, cfg)
         self.head = nn.Linear(d_model, 1)
         nn.init.zeros_(self.head.weight)
-        nn.init.constant_(self.head.bias, cfg.init_bias)
+        nn.init.constant_(self.head.bias, cfg.init_bias / cfg.speed)  # the logit starts at init_bias
 
     def logit(self, h: torch.Tensor) -> torch.Tensor:
-        """The halting logit ``(B,T)`` of states ``h (B,T,d)``."""
-        return self.head(F.rms_norm(h, h.shape[-1:])).squeeze(-1)
+        """The halting logit ``(B,T)`` of states ``h (B,T,d)``.
+
+        Why ``speed``: Adam moves each parameter by about lr per step whatever its gradient's scale, so
+        a logit that must travel from init_bias -4 to the threshold's +1.4 took ~1,800 steps at lr 3e-3
+        (recall, seed 0: the bias had reached -2.9 after 500 steps and no position halted). Scaling the
+        logit scales the head's effective learning rate, and only the head's."""
+        return self.cfg.speed * self.head(F.rms_norm(h, h.shape[-1:])).squeeze(-1)
 
     def update(self, raw, prev_raw, memo, k, h=None):
         t = self.cfg.threshold

@@ -28,6 +28,8 @@ def test_the_head_is_a_submodule_with_a_deep_start(tiny_recipe):
     with torch.no_grad():
         out = model(data.batch(1)["inputs"])
     assert out.k.eq(6).all()  # halting unlikely at first: every position runs to k_max
+    h = torch.randn(2, 3, model.halting.head.in_features)
+    assert torch.allclose(model.halting.logit(h), torch.full((2, 3), -4.0))  # the logit starts at init_bias
     assert "aux_loss" not in out.stats  # evaluation adds no loss
 
 
