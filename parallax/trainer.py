@@ -158,7 +158,7 @@ class Trainer:
         inputs, targets = batch["inputs"].to(self.device), batch["targets"].to(self.device)
         with self.autocast():
             # which positions count in the loss, for a model whose learned halting labels the others
-            extra = {"scored": targets != -100} if self.model.takes_scored else {}
+            extra = {"scored": targets != -100} if getattr(self.model, "takes_scored", False) else {}
             out = self.net(inputs, **extra)
             loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         if not all_finite(loss):
