@@ -159,7 +159,7 @@ def test_nan_loss_with_finite_weights_saves_nothing_and_keeps_the_checkpoint(tin
     def nan_batch(self, batch):
         if self.step == 4:
             real_net = self.net
-            self.net = lambda x: type(real_net(x))(logits=real_net(x).logits * float("nan"), k=None)
+            self.net = lambda x, **kw: type(real_net(x, **kw))(logits=real_net(x, **kw).logits * float("nan"), k=None)
             try:
                 return real(self, batch)
             finally:
