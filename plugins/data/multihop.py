@@ -81,7 +81,8 @@ class MultiHopData(parallax.DataSource):
         self.arrow = cfg.n_nodes + cfg.max_hops
         self.vocab_size = cfg.n_nodes + cfg.max_hops + 1
         self.n_edges = cfg.n_chains * (cfg.length - 1)
-        self.seq_len = 3 * self.n_edges + 3 * cfg.n_queries
+        self.n_bind = 3 * self.n_edges  # tokens of the bindings, "a > b" each; the queries follow
+        self.seq_len = self.n_bind + 3 * cfg.n_queries
         self.kind_names = {0: "other", **{h: f"hop{h}" for h in range(1, cfg.max_hops + 1)}}
 
     def hop_token(self, h: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,7 @@ class MultiHopData(parallax.DataSource):
         inputs = torch.cat([bind, query], dim=1)  # (n,T)
         targets = torch.full_like(inputs, -100)
         kind = torch.zeros_like(inputs)
-        qpos = 3 * self.n_edges + 3 * torch.arange(Q) + 1  # (Q,) the hop tokens' positions
+        qpos = self.n_bind + 3 * torch.arange(Q) + 1  # (Q,) the hop tokens' positions
         targets[:, qpos] = answer
         kind[:, qpos] = h
         return {"inputs": inputs, "targets": targets, "kind": kind}
@@ -117,7 +118,7 @@ class MultiHopData(parallax.DataSource):
         """The most hops a training query asks at ``step``: h_max, or under the curriculum 1 at first,
         one more after each of its h_max - 1 equal stages, h_max from ``h_ramp_steps`` on."""
         c = self.cfg
-        if not c.h_ramp_steps or c.h_max == 1:
+        if not c.h_ramp_steps:
             return c.h_max
         return 1 + min(c.h_max - 1, step * (c.h_max - 1) // c.h_ramp_steps)
 

@@ -28,7 +28,7 @@ class HopOracle(nn.Module):
 
     def forward(self, inputs):
         B, T = inputs.shape
-        n_nodes, n_bind = self.data.cfg.n_nodes, 3 * self.data.n_edges
+        n_nodes, n_bind = self.data.cfg.n_nodes, self.data.n_bind
         logits = torch.zeros(B, T, self.data.vocab_size)
         k = torch.ones(B, T, dtype=torch.long)
         for b in range(B):

@@ -17,7 +17,7 @@ def make(seed: int = 0, batch_size: int = 8, **cfg) -> MultiHopData:
 def walk(inputs: list[int], data: MultiHopData) -> list[tuple[int, int, int, int]]:
     """(position of the hop token, start node, h, the node h hops on) for every query, found by
     following the bindings written in the sequence itself."""
-    n_bind = 3 * data.n_edges
+    n_bind = data.n_bind
     succ: dict[int, int] = {}
     for a, arrow, b in zip(inputs[0:n_bind:3], inputs[1:n_bind:3], inputs[2:n_bind:3]):
         assert arrow == data.arrow and a not in succ, "a binding without its arrow, or a node bound twice"
@@ -67,7 +67,7 @@ def test_answers_follow_the_chain(cfg):
 def test_chains_are_walks_of_distinct_nodes():
     data = make()
     inputs = data.batch(3)["inputs"][0].tolist()
-    n_bind = 3 * data.n_edges
+    n_bind = data.n_bind
     src, dst = inputs[0:n_bind:3], inputs[2:n_bind:3]
     assert set(inputs[1:n_bind:3]) == {data.arrow}
     assert data.arrow not in inputs[n_bind:]  # the arrow marks bindings only
@@ -95,7 +95,7 @@ def test_validation_is_fixed_and_apart_from_training():
     other_seed = torch.cat([v["inputs"] for v in make(seed=7, batch_size=16).val_batches()])
     assert val.shape[0] == 40 and torch.equal(val, other_seed)  # the run's seed and batch size leave it alone
     data = make(seed=0, batch_size=32)
-    n_bind = 3 * data.n_edges
+    n_bind = data.n_bind
     val_contexts = {tuple(r) for r in val[:, :n_bind].tolist()}
     for step in range(200):  # no validation context among the first 6,400 training sequences
         train = data.batch(step)["inputs"][:, :n_bind].tolist()
@@ -110,7 +110,7 @@ def test_eval_hops_ask_longer_walks_of_the_same_contexts():
     near_val = torch.cat([v["inputs"] for v in base.val_batches()])
     far_batches = list(far.val_batches())
     far_val = torch.cat([v["inputs"] for v in far_batches])
-    n_bind = 3 * base.n_edges
+    n_bind = base.n_bind
     assert torch.equal(near_val[:, :n_bind], far_val[:, :n_bind])
     hs = set()
     for b in far_batches:
