@@ -18,6 +18,11 @@ position's frozen steps plus the live steps. A lower ``compact_below`` repacks l
 positions that halted in between (they are computed and discarded); 0 never packs. Where an h-clocked
 expert does not accept packed queries, halted positions are masked in the full ``(B,T)`` block.
 
+Compiled (``train.compile``): each step is one compiled graph, and the frozen steps run on the full
+block with halted positions masked, so that the graph's shapes never change and nothing recompiles;
+the host is asked whether any position still settles every ``SYNC_EVERY`` steps instead of every step.
+The states are eager's; ``work`` then counts every masked step of the block.
+
 A halting rule sees, after each frozen step, the raw logits of that step and the last (``(B,T,H,S)``,
 zero at positions not computed in it) and, when it declares ``reads_state``, the state ``h (B,T,d)``.
 """
@@ -57,17 +62,19 @@ def settle(
     live_steps: int = 1,
     trace: bool = False,
     compact_below: float = COMPACT_BELOW,
+    compiled: bool = False,
 ) -> Settled:
     """Settle every position: frozen steps until its halting rule fires (never, when ``halting`` is None)
     or ``k_max - live_steps`` frozen steps are done, then ``live_steps`` steps with gradient.
-    Returns the settled ``h (B,T,d)``, each position's K ``(B,T)`` and the position-steps computed."""
+    Returns the settled ``h (B,T,d)``, each position's K ``(B,T)`` and the position-steps computed.
+    ``compiled``: the frozen steps run as one compiled graph per step on the masked full block, with
+    the host consulted every ``SYNC_EVERY`` steps (``_frozen``); same states as eager."""
     B, T, _ = x.shape
     token = [(e, c) for e, c in zip(experts, contexts) if e.clock == "token"]
     clocked = [(e, c) for e, c in zip(experts, contexts) if e.clock == "h"]
     can_pack = all(e.packs for e, _ in clocked)
     # ``active`` is optional in the Workspace protocol; the loop masks halted positions either way
     takes_active = "active" in inspect.signature(workspace.step).parameters
-    reads_state = halting is not None and halting.reads_state
 
     # Token-clocked proposals do not depend on h: project their keys/values once, with grad,
     # and reuse them (detached) in every frozen step.
@@ -77,36 +84,90 @@ def settle(
         tok_k, tok_v = workspace.project_slots(slots)  # (B,T,S_tok,H,dh) each
     n_slots = sum(e.slots for e in experts)
 
+    step = _compiled("step") if compiled else _step
+
     def one_step(state: WorkspaceState, tk, tv, pos, active=None, rows=None) -> tuple[WorkspaceState, torch.Tensor]:
-        h_eff = workspace.read(state.h)  # (B,T,d), or (1,N,d) packed
-        ks, vs = ([tk], [tv]) if tk is not None else ([], [])
-        if clocked:
-            if rows is None:
-                hslots = torch.cat([e.propose(h_eff, c, pos) for e, c in clocked], dim=2)  # (B,T,S_h,d)
-            else:
-                hslots = torch.cat([e.propose(h_eff, c, pos, rows=rows) for e, c in clocked], dim=2)  # (1,N,S_h,d)
-            hk, hv = workspace.project_slots(hslots)
-            ks.append(hk)
-            vs.append(hv)
-        k = torch.cat(ks, dim=2) if len(ks) > 1 else ks[0]  # (B,T,S,H,dh)
-        v = torch.cat(vs, dim=2) if len(vs) > 1 else vs[0]
-        if active is not None and takes_active:
-            return workspace.step(state, h_eff, k, v, active)
-        return workspace.step(state, h_eff, k, v)
+        return step(workspace, clocked, takes_active, state, tk, tv, pos, active, rows)
 
     state = workspace.init_state(x, n_slots)
-    active = torch.ones(B, T, dtype=torch.bool, device=x.device)
-    steps = torch.zeros(B, T, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        state = WorkspaceState(state.h.detach(), state.cum.detach())
+        tk = tok_k.detach() if tok_k is not None else None
+        tv = tok_v.detach() if tok_v is not None else None
+        state, steps, prev_raw, traces, work, memo = _frozen(
+            one_step, workspace, clocked, takes_active, state, tk, tv, positions, halting, k_max - live_steps,
+            trace, can_pack, compact_below, compiled)
+    h_frozen = state.h
+    for _ in range(live_steps):
+        state, raw = one_step(state, tok_k, tok_v, positions)
+        work += B * T
+        if trace and prev_raw is not None:
+            traces.append(movement(raw.detach(), prev_raw))
+        prev_raw = raw.detach()
+    return Settled(h=state.h, k=steps + live_steps, work=work, trace=traces, h_frozen=h_frozen, memo=memo)
+
+
+def _step(workspace: Workspace, clocked, takes_active: bool, state: WorkspaceState, tk, tv, pos,
+          active=None, rows=None) -> tuple[WorkspaceState, torch.Tensor]:
+    """One workspace step: read h, gather every slot's keys and values, step. -> (new state, raw (B,T,H,S))."""
+    h_eff = workspace.read(state.h)  # (B,T,d), or (1,N,d) packed
+    ks, vs = ([tk], [tv]) if tk is not None else ([], [])
+    if clocked:
+        if rows is None:
+            hslots = torch.cat([e.propose(h_eff, c, pos) for e, c in clocked], dim=2)  # (B,T,S_h,d)
+        else:
+            hslots = torch.cat([e.propose(h_eff, c, pos, rows=rows) for e, c in clocked], dim=2)  # (1,N,S_h,d)
+        hk, hv = workspace.project_slots(hslots)
+        ks.append(hk)
+        vs.append(hv)
+    k = torch.cat(ks, dim=2) if len(ks) > 1 else ks[0]  # (B,T,S,H,dh)
+    v = torch.cat(vs, dim=2) if len(vs) > 1 else vs[0]
+    if active is not None and takes_active:
+        return workspace.step(state, h_eff, k, v, active)
+    return workspace.step(state, h_eff, k, v)
+
+
+def _halt(halting: HaltingRule | None, raw, prev_raw, memo: dict, k: int, state: WorkspaceState, active):
+    """``active`` less the positions the halting rule stops after step k."""
+    if halting is None:
+        return active
+    halt = (halting.update(raw, prev_raw, memo, k, h=state.h) if halting.reads_state
+            else halting.update(raw, prev_raw, memo, k))
+    return active & ~halt
+
+
+#: the compiled frozen phase asks the host whether any position is still settling every this many steps
+SYNC_EVERY = 4
+
+
+@torch.compiler.disable  # a compiled model calls in here: the loop is not traced, the compiled step is its own graph
+def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions, halting, n_frozen: int,
+            trace: bool, can_pack: bool, compact_below: float, compiled: bool):
+    """The frozen steps, under ``no_grad``. -> (state, steps (B,T), last raw, trace, work, memo).
+
+    Eager: one host sync per step, and the active positions packed into a list as they thin.
+    Compiled: the step is one graph (``_masked_step``), reused at every step because its shapes never
+    change (the full block, halted positions masked rather than packed), and the host is asked whether
+    any position is still settling only every ``SYNC_EVERY`` steps; the steps after the last position
+    halts within a stretch change nothing and are counted in ``work``. The halting rule runs eagerly
+    between steps either way, so that any rule (one that draws random numbers or reads the host
+    included) decides as it does in eager."""
+    B, T = state.h.shape[:2]
+    active = torch.ones(B, T, dtype=torch.bool, device=state.h.device)
+    steps = torch.zeros(B, T, dtype=torch.long, device=state.h.device)
     memo: dict = {}
     prev_raw = None
     traces: list[torch.Tensor] = []
     work = 0
     pk: _Packed | None = None  # the packed active positions, once halting has thinned the batch
-    with torch.no_grad():
-        state = WorkspaceState(state.h.detach(), state.cum.detach())
-        tk = tok_k.detach() if tok_k is not None else None
-        tv = tok_v.detach() if tok_v is not None else None
-        for i in range(k_max - live_steps):
+    masked_step = _compiled("masked_step") if compiled else None
+    for i in range(n_frozen):
+        if masked_step is not None:
+            if i % SYNC_EVERY == 0 and not bool(active.any()):  # the host sync, every SYNC_EVERY steps
+                break
+            h, cum, raw = masked_step(workspace, clocked, takes_active, state.h, state.cum, tk, tv, positions, active)
+            state, block = WorkspaceState(h, cum), B * T
+        else:
             n_active = int(active.sum())  # the one host sync of a step
             if n_active == 0:
                 break
@@ -122,23 +183,32 @@ def settle(
                 state = WorkspaceState(torch.where(m, new.h, state.h), torch.where(m[..., None], new.cum, state.cum))
             else:
                 raw = pk.step(one_step, state, active, takes_mask=n_active < block)
-            work += block
-            steps += active.long()
-            if trace and prev_raw is not None:
-                traces.append(movement(raw, prev_raw))
-            if halting is not None:
-                halt = (halting.update(raw, prev_raw, memo, i + 1, h=state.h) if reads_state
-                        else halting.update(raw, prev_raw, memo, i + 1))
-                active = active & ~halt
-            prev_raw = raw
-    h_frozen = state.h
-    for _ in range(live_steps):
-        state, raw = one_step(state, tok_k, tok_v, positions)
-        work += B * T
+        work += block
+        steps += active.long()
         if trace and prev_raw is not None:
-            traces.append(movement(raw.detach(), prev_raw))
-        prev_raw = raw.detach()
-    return Settled(h=state.h, k=steps + live_steps, work=work, trace=traces, h_frozen=h_frozen, memo=memo)
+            traces.append(movement(raw, prev_raw))
+        active = _halt(halting, raw, prev_raw, memo, i + 1, state, active)
+        prev_raw = raw
+    return state, steps, prev_raw, traces, work, memo
+
+
+def _masked_step(workspace, clocked, takes_active, h, cum, tk, tv, positions, active):
+    """One frozen step of the full ``(B,T)`` block; halted positions keep their state. The unit compiled."""
+    new, raw = _step(workspace, clocked, takes_active, WorkspaceState(h, cum), tk, tv, positions, active)
+    m = active[..., None]  # (B,T,1)
+    # raw is 0 where not computed, as the eager loop's is (a workspace without ``active`` leaves it)
+    return torch.where(m, new.h, h), torch.where(m[..., None], new.cum, cum), raw * m[..., None]
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(name: str):
+    """The compiled form of ``_step`` (the live steps, with gradient) or ``_masked_step`` (the frozen ones),
+    made once per process; torch.compile keeps one graph per model and shape under it."""
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile({"step": _step, "masked_step": _masked_step}[name])
+    return _COMPILED[name]
 
 
 @dataclass

@@ -82,6 +82,7 @@ class CWSModel(Model):
 
     has_k_loop = True
     takes_scored = True  # a learned halting rule labels the positions without a target "safe to stop"
+    compiled_k_loop = False  # run the frozen steps as one compiled graph (``parallax.compiling``)
 
     class Config(Spec):
         type: str = "cws"
@@ -195,7 +196,15 @@ class CWSModel(Model):
     def _settle(self, x, positions, contexts, k_max: int, trace: bool = False):
         """The K loop under the model's current halting rule (None within ``fixed_k``)."""
         return settle(self.workspace, self.experts, contexts, x, positions, self.halting, k_max, self.live_steps,
-                      trace=trace, compact_below=self.cfg.compact_below)
+                      trace=trace, compact_below=self.cfg.compact_below, compiled=self.compiled_k_loop)
+
+    def compile_in_place(self) -> None:
+        """Compile the K steps, keeping the module tree and the state dict: the frozen steps as one masked
+        graph with a host sync every few steps (``kloop._frozen``), the live step with its
+        backward. The loop itself stays Python, so a batch's K budget and the halting rule's decisions
+        never recompile. The encoder, the experts' contexts and the decoder stay eager: compiling them
+        too was measured not to pay on the CPU (docs/benchmarks.md, "Compiled K loop")."""
+        self.compiled_k_loop = True
 
     # -- the Model protocol's K-loop and generation methods ---------------------------------------
     @contextmanager

@@ -20,7 +20,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 def describe(rec: dict) -> str:
     k = f"  K(train budget) {rec['k_mean']:.2f}" if rec.get("k_mean") is not None else ""
-    return f"loss {rec['loss']:.4f}  {rec['tokens_per_s']:,.0f} tok/s{k}  lr {rec['lr']:.2e}"
+    rate = f"{rec['tokens_per_s']:,.0f} tok/s" if rec.get("tokens_per_s") else "compiling"
+    return f"loss {rec['loss']:.4f}  {rate}{k}  lr {rec['lr']:.2e}"
 
 
 def _clock(seconds: float) -> str:

@@ -54,7 +54,9 @@ class Model(nn.Module):
       --match-params`` may change (None: never resized);
     - ``takes_scored``: whether ``forward`` also takes ``scored=`` ``(B,T)`` bool, the positions whose
       target counts in the loss; the trainer passes it in training (a learned halting rule labels the
-      others "safe to stop": there is no answer there to change).
+      others "safe to stop": there is no answer there to change);
+    - ``compile_in_place()``, optional: compile the parts of the model that pay, keeping its module tree
+      and state dict (``train.compile``); a model without it is wrapped whole by ``torch.compile``.
     """
 
     Config: ClassVar[type[Spec]]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .compiling import compile_for_inference, wanted
 from .errors import CheckpointError, ConfigError, PluginError
 from .model import build_model
 from .protocols import DataSource, Tokenizer
@@ -85,7 +86,10 @@ def open_run(path: str | Path, overrides: list[str] | None = None, device: str =
         from .ema import load_ema
 
         load_ema(found, model)
-    return OpenRun(recipe=recipe, data=data, model=model.to(device).eval(), checkpoint=found)
+    model = model.to(device).eval()
+    if wanted(recipe.train.compile, model, torch.device(device)):  # train.compile=true (auto: never here)
+        compile_for_inference(model)
+    return OpenRun(recipe=recipe, data=data, model=model, checkpoint=found)
 
 
 def _saved_recipe(found: Path, overrides: list[str], registry) -> Recipe:
@@ -119,12 +123,13 @@ def saved_recipe(path: Path) -> dict:
     return config["recipe"]
 
 
-def open_text_run(path: str | Path, threads: int = 1, device: str = "cpu") -> tuple[OpenRun, Tokenizer]:
-    """``open_run`` for a run of text, with torch limited to ``threads`` CPU threads."""
+def open_text_run(path: str | Path, threads: int = 1, device: str = "cpu",
+                  compile: bool = False) -> tuple[OpenRun, Tokenizer]:
+    """``open_run`` for a run of text, with torch limited to ``threads`` CPU threads (compiled: ``compile``)."""
     if threads < 1:
         raise ConfigError("--threads: must be at least 1")
     torch.set_num_threads(threads)
-    run = open_run(path, device=device)
+    run = open_run(path, [f"train.compile={'true' if compile else 'false'}"], device=device)
     tok = run.data.tokenizer
     if tok is None:
         raise ConfigError(f"{path}: its '{run.recipe.data.type}' data source has no tokenizer; generation needs a "

@@ -101,7 +101,9 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; null keeps torch's default")
     resume: str | bool = Field(False, description="false | auto (latest in out_dir if any) | true (must exist) | PATH")
     progress: bool = Field(True, description="rich progress bar")
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: Literal["auto"] | bool = Field(
+        False, description="torch.compile: false | true | auto (on where measured to pay: a K-loop model training "
+        "on the CPU for at least 500 steps; docs/benchmarks.md). A CWS compiles its K steps, other models whole")
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp keeps a replica of the weights on every rank; fsdp shards weights, "
         "gradients and optimizer state across the ranks (FSDP2); checkpoints hold the full state either way")

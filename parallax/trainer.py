@@ -29,6 +29,7 @@ from . import checkpoint as ckpt
 from .budget import check_fits, meta_model
 from .build import autocast_dtype, build_data, resolve_device, seed_all, tokens_per_example
 from .callbacks import Callback
+from .compiling import compile_model, graphs_compiled, wanted
 from .diagnostics import collect as collect_diagnostics
 from .distributed import all_finite, any_rank, mean_over_ranks
 from .ema import EMA
@@ -111,8 +112,9 @@ class Trainer:
         self.step = 0
         if self.resume_from is not None:
             self._load_state(self.resume_from)
-        if cfg.compile:
-            self.net = torch.compile(self.net)
+        self.compiled = wanted(cfg.compile, self.model, self.device, cfg.max_steps)
+        if self.compiled:
+            self.net = compile_model(self.model, self.net)
         self.config_yaml = f"# resolved recipe, written by parallax\n{dump_recipe(self.recipe)}"
         self.metadata = {
             "components": json.dumps(ckpt.components_used(self.recipe._components, self.registry)),
@@ -209,23 +211,34 @@ class Trainer:
         tokens_per_step = self.recipe.train.batch_size * self.world * self.positions
         last_eval: dict = {}
         window_loss, window_k, window_n, window_t = 0.0, 0.0, 0, time.time()
+        window_timed, window_compile, compile_seconds = 0, 0.0, 0.0  # steps that did not compile; their time
+        graphs = graphs_compiled() if self.compiled else 0
         stop_reason = "max_steps"
         try:
             with TrainingProgress(self.console, cfg.max_steps, self.step, cfg.progress and self.is_main) as bar:
                 while self.step < cfg.max_steps:
+                    step_start = time.time()
                     loss, k_mean = self.train_step(self.data.batch(self.step + 1, self.rank))
                     self.step += 1
                     value = loss.item()
+                    if self.compiled and graphs_compiled() != graphs:  # this step compiled: not training time
+                        graphs = graphs_compiled()
+                        window_compile += time.time() - step_start
+                    else:
+                        window_timed += 1
                     window_loss += value
                     window_k += k_mean.item() if k_mean is not None else float("nan")
                     window_n += 1
                     self._emit("on_step", value)
                     if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        elapsed = time.time() - window_t
+                        elapsed = time.time() - window_t - window_compile
                         rec = {
                             "step": self.step,
                             "loss": mean_over_ranks(window_loss / window_n),  # the global batch's
-                            "tokens_per_s": tokens_per_step * window_n / max(elapsed, 1e-9),
+                            # over the steps that did not compile (None when all did)
+                            "tokens_per_s": tokens_per_step * window_timed / max(elapsed, 1e-9) if window_timed
+                            else None,
+                            **({"compile_seconds": round(window_compile, 2)} if window_compile else {}),
                             "k_mean": window_k / window_n if k_mean is not None else None,
                             "lr": self.scheduler.get_last_lr()[0],
                             **({"grad_norm": self.grad_norm.item()} if cfg.grad_clip else {}),
@@ -234,6 +247,8 @@ class Trainer:
                         self._emit("on_log", rec)
                         bar.update(self.step, rec)
                         window_loss, window_k, window_n, window_t = 0.0, 0.0, 0, time.time()
+                        compile_seconds += window_compile
+                        window_timed, window_compile = 0, 0.0
                     else:
                         bar.update(self.step)
                     out_of_time = budget is not None and any_rank(time.time() - start_time > budget)
@@ -243,6 +258,8 @@ class Trainer:
                     if self.step % cfg.save_every == 0:
                         self.save()  # every rank: under FSDP the full state is gathered from all
                     window_t += time.time() - paused
+                    if self.compiled:  # an evaluation's own graphs are not the next step's compile time
+                        graphs = graphs_compiled()
                     if out_of_time:
                         stop_reason = "max_minutes"
                         break
@@ -267,7 +284,9 @@ class Trainer:
                               "continue with train.resume=auto") from None
         summary = {
             "step": self.step, "stop": stop_reason, "train_seconds": round(time.time() - start_time, 1),
-            "world_size": self.world, **{k: v for k, v in last_eval.items() if k != "step"},
+            "world_size": self.world, **({"compile_seconds": round(compile_seconds + window_compile, 1)}
+                                         if self.compiled else {}),
+            **{k: v for k, v in last_eval.items() if k != "step"},
         }
         if self.is_main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -125,6 +125,7 @@ def train_one(recipe_ref: str, overrides: list[str], result: Path) -> dict:
         **dict(zip(("tokens_per_s", "tokens_per_s_median"), tokens_per_s(trainer.out_dir / "metrics.jsonl"))),
         **{k: summary[k] for k in ("val_loss", "val_accuracy", "val_perplexity", "val_bpb", "val_k_mean")
            if k in summary},
+        "compiled": trainer.compiled, "compile_seconds": summary.get("compile_seconds"),
         "memory": memory, "peak_bytes": peak, "saved_bytes": saved, "device": str(trainer.device),
     }
     result.write_text(json.dumps(row))

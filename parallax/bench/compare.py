@@ -21,7 +21,13 @@ Reported for each recipe:
   the growth of the process's peak resident set (``memory: cpu_peak_rss_growth``: optimizer state,
   activations and allocator overhead, as the OS sees them);
 - ``saved_bytes``: bytes autograd saves for backward in one training step of the trained model at
-  its full K budget (device-independent; the quantity ``bench memory`` tracks against K).
+  its full K budget (device-independent; the quantity ``bench memory`` tracks against K);
+- ``compiled`` and ``compile_seconds``: whether ``train.compile`` compiled the run, and the time of
+  the steps that compiled, which tokens/s leaves out.
+
+``--compiled`` trains every recipe twice, eager (``train.compile=false``) and compiled
+(``train.compile=true``), one after the other, and gives each compiled row ``compiled_speedup``: its
+median-window tokens/s over its eager twin's.
 
 ``--match-params [TARGET]`` first scales the width (``n_embd`` or ``d_model``) of every baseline
 (every recipe after the first whose model is not the CWS) to the valid width whose parameter count
@@ -136,11 +142,13 @@ def _same_seed_and_data(recipes: list, refs: list[str]) -> None:
 
 
 def measure(refs: list[str], overrides: list[str], steps: int | None = None, minutes: float | None = None,
-            out: str | Path | None = None, match: str | None | bool = False, match_on: str = "total", err=None) -> dict:
+            out: str | Path | None = None, match: str | None | bool = False, match_on: str = "total", err=None,
+            compiled: bool = False) -> dict:
     """Train every recipe in ``refs`` under one budget; return ``{"device", "budget", "runs": [...]}``.
 
     ``match``: False leaves widths alone; None matches the first recipe's count; a string is a
-    ``--match-params`` TARGET. Every recipe and override is validated before anything trains."""
+    ``--match-params`` TARGET. ``compiled``: each recipe eager, then compiled. Every recipe and
+    override is validated before anything trains."""
     from rich.console import Console
 
     from ..build import resolve_device
@@ -176,8 +184,13 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
             raise ConfigError("--match-params: no recipe after the first has a baseline model with a width option "
                               "(n_embd or d_model) to scale")
 
-    root = Path(out) if out else Path(tempfile.mkdtemp(prefix="parallax-compare-"))
     names = _run_names(refs)
+    if compiled:  # each recipe as its eager and its compiled twin, side by side
+        refs = [r for r in refs for _ in range(2)]
+        matched = [m for m in matched for _ in range(2)]
+        per_recipe = [[*o, f"train.compile={c}"] for o in per_recipe for c in ("false", "true")]
+        names = [f"{n}{c}" for n in names for c in ("", "-compiled")]
+    root = Path(out) if out else Path(tempfile.mkdtemp(prefix="parallax-compare-"))
     taken = [n for n in names if (root / n).exists()]
     if taken:
         raise ConfigError(f"--out: {root / taken[0]} already exists (an earlier comparison); give a new --out "
@@ -193,6 +206,10 @@ def measure(refs: list[str], overrides: list[str], steps: int | None = None, min
     finally:
         if not out:
             shutil.rmtree(root, ignore_errors=True)
+    if compiled:
+        for eager, comp in zip(runs[::2], runs[1::2]):
+            a, b = eager.get("tokens_per_s_median"), comp.get("tokens_per_s_median")
+            comp["compiled_speedup"] = b / a if a and b else None
     budget = ({"steps": steps} if steps is not None
               else {"minutes": minutes} if minutes is not None else {"recipe": True})
     return {"device": str(resolve_device(recipes[0].train)), "budget": budget, "overrides": overrides,
@@ -231,7 +248,7 @@ def run(args, out, err) -> int:
             print_compare_seeds(result, out)
         return 0
     result = measure(recipes, overrides, args.steps, args.minutes, args.out, args.match_params,
-                     args.match_on.replace("-", "_"), err)
+                     args.match_on.replace("-", "_"), err, compiled=getattr(args, "compiled", False))
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
@@ -247,7 +264,8 @@ def run(args, out, err) -> int:
         metric = (f"{r['val_accuracy']:.1%}" if "val_accuracy" in r
                   else f"{r['val_perplexity']:.2f}" if "val_perplexity" in r else "-")
         table.add_row(
-            Path(r["recipe"]).stem, r["model"] + width, _si(r["params"]), _si(r["non_embedding"]),
+            Path(r["recipe"]).stem + (" (compiled)" if r.get("compiled") else ""), r["model"] + width,
+            _si(r["params"]), _si(r["non_embedding"]),
             f"{r['steps']}{early(r)}",
             f"{_si(r['tokens_per_s'])} ({_si(r['tokens_per_s_median'])})" if r.get("tokens_per_s") else "-",
             f"{r['val_loss']:.4f}", metric,
@@ -257,6 +275,12 @@ def run(args, out, err) -> int:
         )
     widen(out)
     out.print(table)
+    for r in result["runs"]:
+        if "compiled_speedup" in r:
+            speed = f"{r['compiled_speedup']:.2f}x" if r["compiled_speedup"] else "n/a"
+            note = "" if r["compiled"] else " (train.compile=true did not compile it)"
+            out.print(f"{Path(r['recipe']).stem}: compiled trains at {speed} the eager tokens/s (median windows); "
+                      f"compile time {r['compile_seconds'] or 0:.1f} s, left out of tokens/s{note}", highlight=False)
     peak = ("peak: torch.cuda.max_memory_allocated over training" if memory == "cuda_peak_allocated"
             else "RSS+: growth of the peak resident set over the training loop (CPU)")
     if any(early(r) for r in result["runs"]):

@@ -216,7 +216,7 @@ def cmd_generate(args, out: Console, err: Console) -> int:
         raise ConfigError("--top-k: must be at least 1")
     from ..runs import open_text_run
 
-    run, tok = open_text_run(args.run_dir, args.threads, device=named_device(args.device))
+    run, tok = open_text_run(args.run_dir, args.threads, device=named_device(args.device), compile=args.compile)
     if args.show_k and not run.model.has_k_loop:
         raise ConfigError(f"--show-k: {run.recipe.model.type} models have no K loop; drop --show-k")
     prompt = tok.encode(args.prompt)

@@ -140,6 +140,8 @@ def build_parser() -> Parser:
     g.add_argument("--json", action="store_true",
                    help="print one JSON object: the text, and each generated token with its id, K and log-probability")
     g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="where to generate (default cpu)")
+    g.add_argument("--compile", action="store_true",
+                   help="compile the model's K steps first (train.compile=true; the first tokens wait for it)")
     g.add_argument("--threads", type=_threads, default=1,
                    help="torch CPU threads (default 1: one token's small ops run fastest on one)")
 
@@ -232,6 +234,9 @@ def build_parser() -> Parser:
                     help="keep the runs in this folder (default: a temporary folder, removed after)")
     cb.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="train every recipe on each of these seeds and report mean ± std per recipe")
+    cb.add_argument("--compiled", action="store_true",
+                    help="train every recipe eager and compiled (train.compile=false, then true), side by side, "
+                         "with the compiled run's speedup and its compile time apart")
     cb.add_argument("--json", action="store_true")
     db = bsub.add_parser("dynamics",
                          help="how a trained CWS's state moves per K step: monotone contraction or oscillation")
@@ -245,6 +250,9 @@ def build_parser() -> Parser:
     gb.add_argument("--tokens", type=_count, default=16, help="tokens timed on each path (default 16)")
     gb.add_argument("--seed", type=int, default=0)
     gb.add_argument("--threads", type=_threads, default=1, help="torch CPU threads for both paths (default 1)")
+    gb.add_argument("--compiled", action="store_true",
+                    help="also time the cached path with the model compiled (train.compile=true), beside eager, "
+                         "compile time apart")
     gb.add_argument("--json", action="store_true")
     _seed_benchmarks(bsub)
 

@@ -5,8 +5,8 @@ Per channel c and state n (Mamba, Gu & Dao 2023, eq. 2a with the selective Δ, B
     y_t^j[c] = sum_n C_t^j[n] s_t[c,n] + D[c] x_t[c]          for readout j = 1..slots
 Each readout C^j gives one slot, so the expert proposes (B,T,slots,d). Its proposals depend on
 observations only (token clock): computed once per context update, cached across K steps.
-The parallel forward is a Hillis-Steele scan over T (log2 T steps, stable because every
-composed decay is a product of values in (0,1]); ``context_step`` is the one-step recurrence.
+The parallel forward is ``affine_scan`` over T (sequential on the CPU, Hillis-Steele elsewhere),
+with its own reverse-scan backward; ``context_step`` is the one-step recurrence.
 """
 from __future__ import annotations
 
@@ -26,8 +26,58 @@ except Exception:  # not installed, or built for another torch: the pure-PyTorch
 
 
 def affine_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """s_t = a_t * s_{t-1} + b_t with s_{-1} = 0, along dim 1. a, b: (B,T,...) -> s (B,T,...)."""
+    """s_t = a_t * s_{t-1} + b_t with s_{-1} = 0, along dim 1. a, b: (B,T,...) -> s (B,T,...).
+
+    Differentiable through its own backward, which is the same recurrence run in reverse:
+    with g_t = dL/ds_t + a_{t+1} g_{t+1}, dL/db_t = g_t and dL/da_t = g_t s_{t-1}. Autograd through
+    the scan's slices would instead zero-fill a full (B,T,...) gradient for every slice it took."""
+    return _AffineScan.apply(a, b)
+
+
+class _AffineScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        s = _scan(a, b)  # (B,T,...)
+        ctx.save_for_backward(a, s)
+        return s
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        a, s = ctx.saved_tensors
+        backward = _scan_backward_sequential if a.device.type == "cpu" else _scan_backward_parallel
+        return backward(a, s, grad_s)
+
+
+def _scan_backward_parallel(a: torch.Tensor, s: torch.Tensor, grad_s: torch.Tensor):
+    """(dL/da, dL/db) as one reverse scan over the whole tensors."""
+    a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)  # a_{t+1}, 0 past the end
+    g = _scan(a_next.flip(1), grad_s.flip(1), sequential=False).flip(1)  # (B,T,...) the reverse recurrence
+    s_prev = torch.cat([torch.zeros_like(s[:, :1]), s[:, :-1]], dim=1)  # s_{t-1}, 0 before the start
+    return g * s_prev, g
+
+
+def _scan_backward_sequential(a: torch.Tensor, s: torch.Tensor, grad_s: torch.Tensor):
+    """(dL/da, dL/db) one position at a time, from the last: g_t = dL/ds_t + a_{t+1} g_{t+1}."""
     T = a.shape[1]
+    g = [grad_s[:, T - 1]]  # g_t from the last position back, each (B,...)
+    for t in range(T - 1, 0, -1):
+        g.append(torch.addcmul(grad_s[:, t - 1], a[:, t], g[-1]))
+    db = torch.stack(g[::-1], dim=1)  # (B,T,...)
+    s_prev = torch.cat([torch.zeros_like(s[:, :1]), s[:, :-1]], dim=1)  # s_{t-1}, 0 before the start
+    return db * s_prev, db
+
+
+def _scan(a: torch.Tensor, b: torch.Tensor, sequential: bool | None = None) -> torch.Tensor:
+    """The recurrence without autograd. On the CPU one step per position: T small (B,...) updates
+    that stay in cache beat log2(T) passes over the whole (B,T,...) tensor. Elsewhere a Hillis-Steele
+    scan (log2 T steps, stable because every composed decay is a product of values in (0,1]).
+    ``sequential`` chooses the form regardless of the device."""
+    T = a.shape[1]
+    if a.device.type == "cpu" if sequential is None else sequential:
+        out = [b[:, 0]]
+        for t in range(1, T):
+            out.append(torch.addcmul(b[:, t], a[:, t], out[-1]))  # (B,...)
+        return torch.stack(out, dim=1)
     offset = 1
     while offset < T:
         # compose (a_t, b_t) after (a_{t-o}, b_{t-o}); positions < o have nothing before them

@@ -139,6 +139,28 @@ def test_bench_generate_json(text_run, capsys):
     assert row["speedup"] == pytest.approx(row["recompute_s_per_token"] / row["cached_s_per_token"])
 
 
+def test_bench_generate_compiled_times_both_side_by_side(text_run, capsys):
+    assert main(["bench", "generate", str(text_run), "--context", "12", "--tokens", "3", "--compiled", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["compiled_same_tokens"] is True and row["compile_seconds"] > 0
+    assert row["compiled_speedup"] == pytest.approx(row["eager_cached_s_per_token"] / row["compiled_s_per_token"])
+
+
+def test_compiled_generation_and_evaluation_give_the_eager_answers(text_run, capsys):
+    assert main(["generate", str(text_run), "--prompt", "the", "--max-new-tokens", "4", "--json"]) == 0
+    eager = json.loads(capsys.readouterr().out)
+    assert main(["generate", str(text_run), "--prompt", "the", "--max-new-tokens", "4", "--json", "--compile"]) == 0
+    comp = json.loads(capsys.readouterr().out)
+    assert [t["id"] for t in comp["tokens"]] == [t["id"] for t in eager["tokens"]]
+    assert [t["k"] for t in comp["tokens"]] == [t["k"] for t in eager["tokens"]]
+    results = []
+    for setting in ("false", "true"):
+        assert main(["eval", str(text_run), f"train.compile={setting}", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[1]["val_loss"] == pytest.approx(results[0]["val_loss"], rel=1e-4)
+    assert results[1]["val_k_mean"] == pytest.approx(results[0]["val_k_mean"], abs=0.01)
+
+
 def test_generate_needs_a_run(tmp_path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err

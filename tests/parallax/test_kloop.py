@@ -251,3 +251,34 @@ def test_the_list_is_repacked_once_it_falls_below_compact_below(tiny_recipe, mon
     assert packs == [n3] and res.work == 3 * P + 3 * n3 + P
     res = run(0.0)  # never: every step masks
     assert packs == [] and res.work == 7 * P
+
+
+def test_the_compiled_k_loop_settles_as_the_eager_one(tiny_recipe):
+    """Compiled frozen steps (one masked graph, the host asked every SYNC_EVERY steps) and a compiled live
+    step: the same states, K and gradients as eager; the work counts every step of the full block."""
+    model, x, _, inputs = _double(tiny_recipe)
+    B, T, _ = x.shape
+    k_max = 7
+    stop = _uneven_stops(B, T, k_max, seed=2)
+    stop[0] = 2  # every position has halted by step 6: the compiled loop stops at its next sync, step 8
+    results, grads = [], []
+    for compiled in (False, True):
+        model.zero_grad()
+        x = model.encoder(inputs)
+        ctx = [e.context(x) for e in model.experts]
+        res = settle(model.workspace, model.experts, ctx, x, torch.arange(T), HaltEach(stop), k_max, 1,
+                     compiled=compiled)
+        res.h.pow(2).sum().backward()
+        results.append(res)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    eager, comp = results
+    assert torch.equal(comp.k, eager.k)
+    # not float64's 1e-10: the probe's rope angles are float32, which the compiled graph computes and
+    # rounds in its own way (one step differs by ~2e-8); a wrong state would differ by ~1e-2
+    close = {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(comp.h, eager.h, **close)
+    torch.testing.assert_close(comp.h_frozen, eager.h_frozen, **close)
+    # the siren's sin(30 W h) multiplies that rounding in its first layer's gradient: compare the whole
+    assert (grads[1] - grads[0]).norm() <= 1e-5 * grads[0].norm()
+    assert eager.work == int(eager.k.sum())  # packed: exactly the steps taken
+    assert comp.work == (k_max - 1 + 1) * B * T  # masked: every frozen step of the block, and the live one

@@ -59,6 +59,17 @@ def test_trains_each_recipe_and_reports_the_same_budget(pair, tmp_path, capsys):
     assert cws["embedding"] == 16 * 16 and tf["embedding"] == 16 * 16  # tied 16-token tables of width 16
 
 
+def test_compiled_runs_each_recipe_eager_and_compiled_side_by_side(pair, tmp_path, capsys):
+    rc = main(["bench", "compare", str(pair[0]), "--steps", "3", "--compiled", "--out", str(tmp_path / "c"), "--json"])
+    assert rc == 0, capsys.readouterr().err
+    eager, comp = json.loads(capsys.readouterr().out)["runs"]
+    assert (eager["compiled"], comp["compiled"]) == (False, True)
+    assert eager["compile_seconds"] is None and comp["compile_seconds"] >= 0
+    assert "compiled_speedup" not in eager and comp["compiled_speedup"] > 0
+    assert comp["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)  # the same training
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["cws", "cws-compiled"]
+
+
 def test_table_names_every_column_and_what_memory_means(monkeypatch, pair, capsys):
     row = {"params": 195588, "embedding": 8192, "non_embedding": 187396, "steps": 10, "stop": "max_steps",
            "train_seconds": 1.0, "tokens_per_s": 12345.0, "tokens_per_s_median": 23456.0, "val_loss": 0.5,
