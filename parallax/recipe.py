@@ -332,7 +332,7 @@ def _format(err: ValidationError, schema: type[BaseModel], prefix: list) -> str:
     if e["type"] == "value_error" and isinstance(got, dict):  # a check across keys: its message names them
         return f"{where}: {e['msg'].removeprefix('Value error, ')}{more}"
     shown = _short(repr(got)) if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else type(got).__name__
-    return f"{where}: {e['msg']} (got {shown}){more}"
+    return f"{where}: {e['msg'].removeprefix('Value error, ')} (got {shown}){more}"
 
 
 def _close_key(schema: type[BaseModel], loc: list) -> str | None:

@@ -63,6 +63,18 @@ def Components(kind: str):  # noqa: N802
     return Annotated[list[Annotated[Spec, Kind(kind), BeforeValidator(_named)]], BeforeValidator(_listed)]
 
 
+def _compile_setting(value):
+    """``train.compile``: false, true or auto; YAML's and the command line's spellings of them."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "auto"):
+        return {"true": True, "false": False, "auto": "auto"}[value.lower()]
+    raise ValueError("must be false, true or auto")
+
+
+CompileSetting = Annotated[Literal["auto"] | bool, BeforeValidator(_compile_setting)]
+
+
 class OptimizerConfig(Spec):
     """Any ``torch.optim`` optimizer by name; extra keys are passed to its constructor (checked against it)."""
 
@@ -101,7 +113,7 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads; null keeps torch's default")
     resume: str | bool = Field(False, description="false | auto (latest in out_dir if any) | true (must exist) | PATH")
     progress: bool = Field(True, description="rich progress bar")
-    compile: Literal["auto"] | bool = Field(
+    compile: CompileSetting = Field(
         False, description="torch.compile: false | true | auto (on where measured to pay: a K-loop model training "
         "on the CPU for at least 500 steps; docs/benchmarks.md). A CWS compiles its K steps, other models whole")
     distributed: Literal["ddp", "fsdp"] = Field(

@@ -121,7 +121,7 @@ def test_a_name_lost_to_a_conflict_says_why(third_party, tiny_recipe, capsys):
 def test_a_schema_that_rejects_the_recipe_names_the_key_and_the_reason(third_party, make_tiny_recipe, capsys):
     recipe = make_tiny_recipe(experts=[{"type": "mamba_siso"}, {"type": "even_slots", "slots": 2}])
     err = one_line_error(capsys, ["validate", str(recipe), "model.experts.1.slots=3"])
-    assert err == ("parallax: error: model.experts.1.slots: Value error, slots must be even (the expert pairs them) "
+    assert err == ("parallax: error: model.experts.1.slots: slots must be even (the expert pairs them) "
                    "(got 3)")
     err = one_line_error(capsys, ["run", str(recipe), "model.experts.1.slotz=2"])
     assert "model.experts.1.slotz: unknown key; did you mean 'slots'? (allowed: type, slots)" in err
