@@ -221,8 +221,9 @@ class Trainer:
                     loss, k_mean = self.train_step(self.data.batch(self.step + 1, self.rank))
                     self.step += 1
                     value = loss.item()
-                    if self.compiled and graphs_compiled() != graphs:  # this step compiled: not training time
-                        graphs = graphs_compiled()
+                    now = graphs_compiled() if self.compiled else graphs
+                    if now != graphs:  # this step compiled: not training time
+                        graphs = now
                         window_compile += time.time() - step_start
                     else:
                         window_timed += 1

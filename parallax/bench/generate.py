@@ -23,9 +23,14 @@ from ..errors import ConfigError
 from ..generate import generate
 
 
-def measure(model: torch.nn.Module, vocab_size: int, context: int, tokens: int, seed: int = 0) -> dict:
+def _prefix(vocab_size: int, context: int, seed: int) -> list[int]:
+    """The benchmark's prefix: ``context`` ids drawn at random from the vocabulary."""
     gen = torch.Generator().manual_seed(seed)
-    prefix = torch.randint(0, vocab_size, (context,), generator=gen).tolist()
+    return torch.randint(0, vocab_size, (context,), generator=gen).tolist()
+
+
+def measure(model: torch.nn.Module, vocab_size: int, context: int, tokens: int, seed: int = 0) -> dict:
+    prefix = _prefix(vocab_size, context, seed)
     cached = generate(model, prefix, tokens, temperature=0, cached=True)
     full = generate(model, prefix, tokens, temperature=0, cached=False)
     per_c, per_f = cached.seconds / len(cached.ids), full.seconds / len(full.ids)
@@ -40,8 +45,7 @@ def measure_compiled(model: torch.nn.Module, vocab_size: int, context: int, toke
     """The cached path compiled, against the eager cached path of ``measure``; compiles ``model`` in place."""
     from ..compiling import compile_for_inference
 
-    gen = torch.Generator().manual_seed(seed)
-    prefix = torch.randint(0, vocab_size, (context,), generator=gen).tolist()
+    prefix = _prefix(vocab_size, context, seed)
     eager = generate(model, prefix, tokens, temperature=0, cached=True)
     compile_for_inference(model)
     t0 = time.perf_counter()

@@ -52,8 +52,7 @@ def _scan_backward_parallel(a: torch.Tensor, s: torch.Tensor, grad_s: torch.Tens
     """(dL/da, dL/db) as one reverse scan over the whole tensors."""
     a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)  # a_{t+1}, 0 past the end
     g = _scan(a_next.flip(1), grad_s.flip(1), sequential=False).flip(1)  # (B,T,...) the reverse recurrence
-    s_prev = torch.cat([torch.zeros_like(s[:, :1]), s[:, :-1]], dim=1)  # s_{t-1}, 0 before the start
-    return g * s_prev, g
+    return _grads(g, s)
 
 
 def _scan_backward_sequential(a: torch.Tensor, s: torch.Tensor, grad_s: torch.Tensor):
@@ -62,9 +61,13 @@ def _scan_backward_sequential(a: torch.Tensor, s: torch.Tensor, grad_s: torch.Te
     g = [grad_s[:, T - 1]]  # g_t from the last position back, each (B,...)
     for t in range(T - 1, 0, -1):
         g.append(torch.addcmul(grad_s[:, t - 1], a[:, t], g[-1]))
-    db = torch.stack(g[::-1], dim=1)  # (B,T,...)
+    return _grads(torch.stack(g[::-1], dim=1), s)  # g (B,T,...)
+
+
+def _grads(g: torch.Tensor, s: torch.Tensor):
+    """(dL/da, dL/db) from g_t = dL/ds_t + a_{t+1} g_{t+1}: dL/da_t = g_t s_{t-1}, dL/db_t = g_t."""
     s_prev = torch.cat([torch.zeros_like(s[:, :1]), s[:, :-1]], dim=1)  # s_{t-1}, 0 before the start
-    return db * s_prev, db
+    return g * s_prev, g
 
 
 def _scan(a: torch.Tensor, b: torch.Tensor, sequential: bool | None = None) -> torch.Tensor:
