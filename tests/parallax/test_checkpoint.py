@@ -57,6 +57,18 @@ def test_check_plugins_passes_when_every_component_is_installed(tmp_path):
     ckpt.check_plugins(path, get_registry())
 
 
+@pytest.mark.parametrize("components", ['{"experts/mamba_siso": "parallax-cws==0.1', '["experts"]',
+                                        '{"experts/siren": 3}'])
+def test_a_damaged_components_entry_is_one_line_not_a_json_traceback(tmp_path, capsys, components):
+    """A flipped byte in the weights' header can leave the header readable and its JSON entry not."""
+    path = ckpt.save(tmp_path, 1, nn.Linear(2, 2), {}, "", {"components": components})
+    with pytest.raises(CheckpointError, match=r"model.safetensors: damaged \(its header's 'components' entry"):
+        ckpt.check_plugins(path, get_registry())
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "earlier step-* folder" in err, err
+
+
 @pytest.mark.parametrize("how", ["config", "resume"])
 def test_the_cli_names_the_package_for_a_checkpoint_recipe(foreign, tmp_path, capsys, how):
     if how == "config":
