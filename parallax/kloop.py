@@ -24,7 +24,8 @@ the host is asked whether any position still settles every ``SYNC_EVERY`` steps 
 The states are eager's; ``work`` then counts every masked step of the block.
 
 A halting rule sees, after each frozen step, the raw logits of that step and the last (``(B,T,H,S)``,
-zero at positions not computed in it) and, when it declares ``reads_state``, the state ``h (B,T,d)``.
+zero at positions not computed in it) and, when it declares ``reads_state``, the state ``h (B,T,d)``;
+one that declares ``halts_before_steps`` is asked at k = 0 as well, on the initial state.
 """
 from __future__ import annotations
 
@@ -161,6 +162,8 @@ def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions
     work = 0
     pk: _Packed | None = None  # the packed active positions, once halting has thinned the batch
     masked_step = _compiled("masked_step") if compiled else None
+    if n_frozen and halting is not None and halting.halts_before_steps:  # a position may need no frozen step
+        active = _halt(halting, None, None, memo, 0, state, active)
     for i in range(n_frozen):
         if masked_step is not None:
             if i % SYNC_EVERY == 0 and not bool(active.any()):  # the host sync, every SYNC_EVERY steps

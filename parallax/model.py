@@ -81,7 +81,7 @@ class CWSModel(Model):
     """
 
     has_k_loop = True
-    takes_scored = True  # a learned halting rule labels the positions without a target "safe to stop"
+    takes_targets = True  # a learned halting rule labels its head from them
     compiled_k_loop = False  # run the frozen steps as one compiled graph (``parallax.compiling``)
 
     class Config(Spec):
@@ -166,9 +166,9 @@ class CWSModel(Model):
         return int(torch.randint(lo, cap + 1, ()).item())
 
     def forward(self, inputs: torch.Tensor, k_max: int | None = None, trace: bool = False,
-                scored: torch.Tensor | None = None) -> ModelOutput:
-        """inputs (B,T) -> logits (B,T,V) and each position's K (B,T). ``scored`` (B,T) bool, in training:
-        the positions whose target counts in the loss, handed to a learned halting rule's loss."""
+                targets: torch.Tensor | None = None) -> ModelOutput:
+        """inputs (B,T) -> logits (B,T,V) and each position's K (B,T). ``targets`` (B,T), in training:
+        the loss's targets (-100 where unscored), handed to a learned halting rule's loss."""
         if k_max is None and self.training:
             k_max = self.training_k()
         x, positions, contexts = self._observe(inputs)
@@ -176,7 +176,7 @@ class CWSModel(Model):
         logits = self.decoder(res.h)
         stats: dict[str, Any] = {"work": res.work}
         if self.training and self.halting is not None:
-            aux = self.halting.loss(res.memo, res.h_frozen, self.decoder, scored)
+            aux = self.halting.loss(res.memo, res.h_frozen, self.decoder, targets)
             if aux is not None:  # the trainer adds it to the task loss
                 stats["aux_loss"] = aux
         if trace:

@@ -52,9 +52,10 @@ class Model(nn.Module):
     - ``decode_step(tokens_t, cache)``: incremental generation of one new position per row;
     - ``width_key``: the option under ``model`` that sets its width, which ``bench compare
       --match-params`` may change (None: never resized);
-    - ``takes_scored``: whether ``forward`` also takes ``scored=`` ``(B,T)`` bool, the positions whose
-      target counts in the loss; the trainer passes it in training (a learned halting rule labels the
-      others "safe to stop": there is no answer there to change);
+    - ``takes_targets``: whether ``forward`` also takes ``targets=`` ``(B,T)`` long, the training
+      targets with -100 where nothing is scored; the trainer passes them in training, for a learned
+      halting rule's labels (positions without a target are "safe to stop"; HRM-style labels also ask
+      whether the answer is right);
     - ``compile_in_place()``, optional: compile the parts of the model that pay, keeping its module tree
       and state dict (``train.compile``); a model without it is wrapped whole by ``torch.compile``.
     """
@@ -62,7 +63,7 @@ class Model(nn.Module):
     Config: ClassVar[type[Spec]]
     has_k_loop: ClassVar[bool] = False
     width_key: ClassVar[str | None] = None
-    takes_scored: ClassVar[bool] = False
+    takes_targets: ClassVar[bool] = False
     k_max: int | None = None
     live_steps: int = 1
 
@@ -225,17 +226,21 @@ class HaltingRule:
     Optional, for a rule that learns:
     - ``reads_state = True``: ``update`` also receives ``h=`` the state after step k ``(B,T,d)`` (a
       buffer the loop may overwrite in place: clone what is kept in ``memo``);
+    - ``halts_before_steps`` True (a rule that reads the state): it is also asked once before the
+      first frozen step, with ``k=0``, ``raw`` and ``prev_raw`` None and the initial state, so a
+      position may take no frozen step at all (K = live_steps);
     - the rule subclasses ``nn.Module`` as well; the model then builds it as ``cls(cfg, d_model)`` and
       registers it as its submodule ``halting``, so its parameters train and are saved with the model;
-    - ``loss(memo, h_frozen, decode, scored=None)``: called by the model after each training forward
+    - ``loss(memo, h_frozen, decode, targets=None)``: called by the model after each training forward
       with the memo of that settle, the state after the frozen steps ``h_frozen (B,T,d)``, the model's
-      decoder (``decode(h) -> logits``) and, where the trainer gave it, ``scored (B,T)``: the positions
-      whose target counts in the loss. A tensor it returns is added to the task loss
+      decoder (``decode(h) -> logits``) and, where the trainer gave them, the targets ``(B,T)`` (or
+      ``(B,)`` for a classifier), -100 where nothing is scored. A tensor it returns is added to the task loss
       (``stats["aux_loss"]``).
     """
 
     Config: ClassVar[type[Spec]]
     reads_state: ClassVar[bool] = False
+    halts_before_steps: bool = False
 
     def __init__(self, cfg: Spec):
         self.cfg = cfg
@@ -244,7 +249,7 @@ class HaltingRule:
         raise NotImplementedError
 
     def loss(self, memo: dict, h_frozen: torch.Tensor, decode,
-             scored: torch.Tensor | None = None) -> torch.Tensor | None:
+             targets: torch.Tensor | None = None) -> torch.Tensor | None:
         return None
 
 

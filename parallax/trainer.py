@@ -159,8 +159,8 @@ class Trainer:
         """One optimizer step on ``batch``; returns (loss, mean K of the batch or None) as 0-d tensors."""
         inputs, targets = batch["inputs"].to(self.device), batch["targets"].to(self.device)
         with self.autocast():
-            # which positions count in the loss, for a model whose learned halting labels the others
-            extra = {"scored": targets != -100} if getattr(self.model, "takes_scored", False) else {}
+            # the targets, for a model whose learned halting rule labels its head from them
+            extra = {"targets": targets} if getattr(self.model, "takes_targets", False) else {}
             out = self.net(inputs, **extra)
             loss = F.cross_entropy(out.logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
         if not all_finite(loss):

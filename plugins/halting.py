@@ -10,6 +10,7 @@ once m_k < abs_tol. Every test is elementwise over positions, so positions halt 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +61,14 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
     K (one kept state ``(B,T,d)``); the cost is two decoder passes under ``no_grad`` per training batch.
     The head's input is detached, so its loss trains the head only, never the workspace.
 
-    Positions whose target is ignored (``scored`` False, from the trainer) are labelled "stop": there is
-    no answer there for more steps to change, and the untrained decoder's argmax at them moves at random.
+    Positions whose target is ignored (-100 in the trainer's targets) are labelled "stop": there is no
+    answer there for more steps to change, and the untrained decoder's argmax at them moves at random.
+
+    ``label: correct`` is HRM's halting target instead (Wang et al. 2025, "Hierarchical Reasoning
+    Model": the "halt" value is the correctness of the current answer): ``y = [argmax decode(h_j) ==
+    target]``, from the trainer's targets, with no bootstrapped "continue" value. A position the model
+    cannot yet answer is then labelled "continue" and runs deep, where the consistency label calls it
+    "stop" because more steps do not change a wrong answer either (docs/halting.md).
 
     Censoring: a position that halts early never shows what later steps would have said, and labels
     from its truncated trajectory would call any early stop "consistent", reinforcing it. So in training
@@ -79,12 +86,16 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         threshold: float = Field(0.8, gt=0, lt=1, description="halt when the head's probability that more "
                                  "steps would not change the answer reaches this")
         init_bias: float = Field(-4.0, description="initial bias of the halting logit (negative: a deep start)")
-        k_min: int = Field(1, ge=1, description="no position halts before this many steps")
+        k_min: int = Field(1, ge=0, description="no position halts before this many frozen steps (0: the "
+                           "head is asked on the initial state too, so a position may take the live step alone)")
         explore: float = Field(0.25, ge=0, le=1, description="fraction of positions that, in training, run the "
                                "whole budget and label the head")
         weight: float = Field(1.0, ge=0, description="weight of the head's loss beside the task loss")
         speed: float = Field(10.0, gt=0, description="the halting logit is speed * (w·x + b): under Adam, the "
                              "head's learning rate times speed")
+        label: Literal["consistent", "correct"] = Field(
+            "consistent", description="what the head learns to predict at a kept step: consistent = its answer "
+            "is the whole budget's (CALM); correct = its answer is the target (HRM)")
 
     def __init__(self, cfg: Config, d_model: int):
         nn.Module.__init__(self)
@@ -92,6 +103,10 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         self.head = nn.Linear(d_model, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.constant_(self.head.bias, cfg.init_bias / cfg.speed)  # the logit starts at init_bias
+
+    @property
+    def halts_before_steps(self) -> bool:
+        return self.cfg.k_min == 0
 
     def logit(self, h: torch.Tensor) -> torch.Tensor:
         """The halting logit ``(B,T)`` of states ``h (B,T,d)``.
@@ -109,23 +124,30 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
             return halt
         if "explore" not in memo:
             memo["explore"] = torch.rand(h.shape[:2], device=h.device) < self.cfg.explore  # (B,T)
-        if int(torch.randint(k, ())) == 0:  # keep step k with probability 1/k: each step seen is equally likely
+        seen = k + 1 if self.halts_before_steps else k  # states offered so far, the initial one included at k_min 0
+        if int(torch.randint(seen, ())) == 0:  # keep with probability 1/seen: each state offered is equally likely
             memo["kept"] = h.clone()  # the loop overwrites h in place
         return halt & ~memo["explore"]
 
-    def loss(self, memo, h_frozen, decode, scored=None):
+    def loss(self, memo, h_frozen, decode, targets=None):
         if "kept" not in memo or not memo["explore"].any():  # no frozen step, or no position explored
             # a zero that still reaches the head, so that every parameter has a gradient each step (DDP)
             return sum(p.sum() for p in self.parameters()) * 0.0
+        if self.cfg.label == "correct" and targets is None:
+            raise parallax.errors.TrainingError("model.halting.label: correct needs the training targets, and "
+                                                "this model was not given them; use label: consistent")
+        shape = memo["explore"].shape  # (B,T)
         with torch.no_grad():
-            same = decode(memo["kept"]).argmax(-1) == decode(h_frozen).argmax(-1)  # (B,T), or (B,) for a classifier
-            same = same.expand(memo["explore"].shape) if same.dim() == 2 else same[:, None].expand_as(memo["explore"])
-            if scored is not None and scored.shape == same.shape:
+            answer = decode(memo["kept"]).argmax(-1)  # (B,T), or (B,) for a classifier
+            reference = targets if self.cfg.label == "correct" else decode(h_frozen).argmax(-1)
+            stop = answer == reference
+            stop = stop.expand(shape) if stop.dim() == 2 else stop[:, None].expand(shape)
+            if targets is not None and targets.shape == shape:
                 # a position whose target is ignored has no answer that more steps could change
-                same = same | ~scored
+                stop = stop | (targets == -100)
         z = self.logit(memo["kept"])  # (B,T) with a graph through the head only
         labelled = memo["explore"]
-        return self.cfg.weight * F.binary_cross_entropy_with_logits(z[labelled], same[labelled].to(z.dtype))
+        return self.cfg.weight * F.binary_cross_entropy_with_logits(z[labelled], stop[labelled].to(z.dtype))
 
 
 class FixedHalting(parallax.HaltingRule):

@@ -57,18 +57,54 @@ def test_positions_without_a_target_are_labelled_safe_to_stop(tiny_recipe):
     model, data, _ = learned_model(tiny_recipe, "model.halting.explore=1.0")
     model.train()
     inputs = data.batch(1)["inputs"]
-    none_scored = torch.zeros(inputs.shape, dtype=torch.bool)
+    none_scored = torch.full(inputs.shape, -100)
     torch.manual_seed(0)
-    low = model(inputs, k_max=4, scored=none_scored).stats["aux_loss"]
+    low = model(inputs, k_max=4, targets=none_scored).stats["aux_loss"]
     with torch.no_grad():
         model.halting.head.bias.fill_(4.0)  # the head says "stop" everywhere
     torch.manual_seed(0)
-    high = model(inputs, k_max=4, scored=none_scored).stats["aux_loss"]
+    high = model(inputs, k_max=4, targets=none_scored).stats["aux_loss"]
     assert high.item() < 0.05 < low.item()  # BCE against an all-ones label: log(1 + e^-4) = 0.018
     torch.manual_seed(0)
-    scored = model(inputs, k_max=4, scored=~none_scored).stats["aux_loss"]
+    scored = model(inputs, k_max=4, targets=torch.zeros_like(inputs)).stats["aux_loss"]
     torch.manual_seed(0)
     assert torch.equal(scored, model(inputs, k_max=4).stats["aux_loss"])  # every position scored: no change
+
+
+def test_the_correct_label_asks_whether_the_kept_steps_answer_is_the_target(tiny_recipe):
+    """HRM's halting target: "stop" where the answer at the kept step is the target, "continue" elsewhere."""
+    model, data, _ = learned_model(tiny_recipe, "model.halting.explore=1.0", "model.halting.label=correct")
+    model.train()
+    inputs = data.batch(1)["inputs"]
+    answers = []
+    loss = model.halting.loss
+
+    def spy(memo, h_frozen, decode, targets=None):
+        answers.append(decode(memo["kept"]).argmax(-1))
+        return loss(memo, h_frozen, decode, targets)
+
+    model.halting.loss = spy
+    torch.manual_seed(0)
+    vocab = model(inputs, k_max=4, targets=torch.zeros_like(inputs)).logits.shape[-1]
+    with torch.no_grad():
+        model.halting.head.bias.fill_(4.0)  # the head says "stop" everywhere
+    torch.manual_seed(0)  # the same kept step
+    right = model(inputs, k_max=4, targets=answers[0]).stats["aux_loss"]
+    torch.manual_seed(0)
+    wrong = model(inputs, k_max=4, targets=(answers[0] + 1) % vocab).stats["aux_loss"]
+    assert torch.equal(answers[1], answers[0]) and torch.equal(answers[2], answers[0])
+    assert right.item() < 0.05 and wrong.item() > 3.0  # BCE of logit +4 against 1: 0.018; against 0: 4.02
+
+
+def test_the_correct_label_without_targets_is_one_clear_error(tiny_recipe):
+    import pytest
+
+    from parallax.errors import TrainingError
+
+    model, data, _ = learned_model(tiny_recipe, "model.halting.explore=1.0", "model.halting.label=correct")
+    model.train()
+    with pytest.raises(TrainingError, match="label: correct needs the training targets"):
+        model(data.batch(1)["inputs"], k_max=4)
 
 
 def test_the_trainer_tells_the_model_which_positions_are_scored(tiny_recipe, monkeypatch):
@@ -78,14 +114,14 @@ def test_the_trainer_tells_the_model_which_positions_are_scored(tiny_recipe, mon
     forward = Model.forward
 
     def spy(self, inputs, *args, **kwargs):
-        seen.append(kwargs.get("scored"))
+        seen.append(kwargs.get("targets"))
         return forward(self, inputs, *args, **kwargs)
 
     monkeypatch.setattr(Model, "forward", spy)
     assert main(["run", str(tiny_recipe), *LEARNED, "train.max_steps=1", "train.eval_every=100"]) == 0
     recipe = load_recipe(str(tiny_recipe), LEARNED)
     targets = build_data(recipe, get_registry()).batch(1)["targets"]  # step 1 trains on batch 1
-    assert seen[0] is not None and torch.equal(seen[0], targets != -100)
+    assert seen[0] is not None and torch.equal(seen[0], targets)
 
 
 def test_halting_is_per_position(tiny_recipe):
@@ -103,6 +139,25 @@ def test_halting_is_per_position(tiny_recipe):
     assert torch.equal(together.k[:1], alone.k)  # a sequence's K does not depend on its batch
     # work counts exactly the steps each position took
     assert together.stats["work"] == int(k.sum())
+
+
+def test_at_k_min_0_a_position_may_take_the_live_step_alone(tiny_recipe):
+    """k_min 0: the head is asked on the initial state too; where it says "stop" no frozen step runs."""
+    model, data, _ = learned_model(tiny_recipe, "model.k_max=8", "model.halting.k_min=0")
+    model.eval()
+    inputs = data.batch(1)["inputs"]
+    with torch.no_grad():
+        model.halting.head.bias.fill_(4.0)  # "stop" everywhere, from the start
+        out = model(inputs)
+    assert out.k.eq(1).all() and out.stats["work"] == inputs.numel()  # K = live_steps: the live step alone
+    with torch.no_grad():  # halting where one direction of the state is positive: some at 0 steps, some later
+        model.halting.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+        model.halting.head.bias.zero_()
+        out = model(inputs)
+    assert (out.k == 1).any() and (out.k > 1).any() and out.stats["work"] == int(out.k.sum())
+    model.halting.cfg = model.halting.cfg.model_copy(update={"k_min": 1})  # the same head at k_min 1
+    with torch.no_grad():
+        assert model(inputs).k.min() >= 2
 
 
 def test_trains_through_the_trainer_and_round_trips_a_checkpoint(tiny_recipe, tmp_path):
