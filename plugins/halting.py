@@ -70,6 +70,13 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
     cannot yet answer is then labelled "continue" and runs deep, where the consistency label calls it
     "stop" because more steps do not change a wrong answer either (docs/halting.md).
 
+    ``label: next_correct`` asks the question a halt actually poses: after a halt at step j the loop
+    takes the live step, so the label is whether the answer one step later is the target,
+    ``y = [argmax decode(h_{j+1}) == target]``, with ``(h_j, h_{j+1})`` a reservoir-sampled pair of
+    successive frozen states (the live step is the same function, with a graph). Under ``correct`` a
+    position halts once its answer is right and the live step must then keep it, which trains the step
+    to be idempotent on answers; under ``next_correct`` the live step is the one that makes it right.
+
     Censoring: a position that halts early never shows what later steps would have said, and labels
     from its truncated trajectory would call any early stop "consistent", reinforcing it. So in training
     a fraction ``explore`` of positions ignores the head and runs the batch's whole budget, and only
@@ -93,9 +100,10 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         weight: float = Field(1.0, ge=0, description="weight of the head's loss beside the task loss")
         speed: float = Field(10.0, gt=0, description="the halting logit is speed * (w·x + b): under Adam, the "
                              "head's learning rate times speed")
-        label: Literal["consistent", "correct"] = Field(
+        label: Literal["consistent", "correct", "next_correct"] = Field(
             "consistent", description="what the head learns to predict at a kept step: consistent = its answer "
-            "is the whole budget's (CALM); correct = its answer is the target (HRM)")
+            "is the whole budget's (CALM); correct = its answer is the target (HRM); next_correct = the answer "
+            "one step later, the live step's after a halt there, is the target")
 
     def __init__(self, cfg: Config, d_model: int):
         nn.Module.__init__(self)
@@ -124,6 +132,13 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
             return halt
         if "explore" not in memo:
             memo["explore"] = torch.rand(h.shape[:2], device=h.device) < self.cfg.explore  # (B,T)
+        if self.cfg.label == "next_correct":  # keep a pair of successive states (h_{k-1}, h_k)
+            if "prev" in memo:
+                memo["pairs"] = memo.get("pairs", 0) + 1
+                if int(torch.randint(memo["pairs"], ())) == 0:  # each pair offered is equally likely
+                    memo["kept"], memo["after"] = memo["prev"], h.clone()
+            memo["prev"] = h.clone()  # the loop overwrites h in place
+            return halt & ~memo["explore"]
         seen = k + 1 if self.halts_before_steps else k  # states offered so far, the initial one included at k_min 0
         if int(torch.randint(seen, ())) == 0:  # keep with probability 1/seen: each state offered is equally likely
             memo["kept"] = h.clone()  # the loop overwrites h in place
@@ -133,13 +148,14 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         if "kept" not in memo or not memo["explore"].any():  # no frozen step, or no position explored
             # a zero that still reaches the head, so that every parameter has a gradient each step (DDP)
             return sum(p.sum() for p in self.parameters()) * 0.0
-        if self.cfg.label == "correct" and targets is None:
-            raise parallax.errors.TrainingError("model.halting.label: correct needs the training targets, and "
-                                                "this model was not given them; use label: consistent")
+        if self.cfg.label != "consistent" and targets is None:
+            raise parallax.errors.TrainingError(f"model.halting.label: {self.cfg.label} needs the training targets, "
+                                                "and this model was not given them; use label: consistent")
         shape = memo["explore"].shape  # (B,T)
         with torch.no_grad():
-            answer = decode(memo["kept"]).argmax(-1)  # (B,T), or (B,) for a classifier
-            reference = targets if self.cfg.label == "correct" else decode(h_frozen).argmax(-1)
+            # next_correct judges the answer one step later: the step the live one would take after a halt
+            answer = decode(memo["after" if self.cfg.label == "next_correct" else "kept"]).argmax(-1)  # (B,T) or (B,)
+            reference = targets if self.cfg.label != "consistent" else decode(h_frozen).argmax(-1)
             stop = answer == reference
             stop = stop.expand(shape) if stop.dim() == 2 else stop[:, None].expand(shape)
             if targets is not None and targets.shape == shape:

@@ -96,6 +96,31 @@ def test_the_correct_label_asks_whether_the_kept_steps_answer_is_the_target(tiny
     assert right.item() < 0.05 and wrong.item() > 3.0  # BCE of logit +4 against 1: 0.018; against 0: 4.02
 
 
+def test_the_next_correct_label_judges_the_answer_one_step_after_the_kept_state():
+    """A pair (h_j, h_{j+1}) of successive states is kept, and the head at h_j learns whether the answer
+    at h_{j+1} (the live step's, after a halt at j) is the target."""
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(label="next_correct", explore=1.0, k_min=0), d_model=4)
+    rule.train()
+    memo: dict = {}
+    states = [torch.full((2, 3, 4), float(k)) for k in range(6)]  # h_k = k everywhere: its step is readable
+    torch.manual_seed(0)
+    for k, h in enumerate(states):
+        rule.update(None, None, memo, k, h=h)
+    j = int(memo["kept"][0, 0, 0])
+    assert memo["pairs"] == 5 and torch.equal(memo["after"], states[j + 1]) and torch.equal(memo["kept"], states[j])
+
+    def decode(h):  # the answer of state h_k is token k
+        return F.one_hot(h[..., 0].long(), 8).float()  # (B,T,V)
+
+    with torch.no_grad():
+        rule.head.bias.fill_(4.0 / rule.cfg.speed)  # the head says "stop" (logit +4) everywhere
+    right = rule.loss(memo, states[-1], decode, targets=torch.full((2, 3), j + 1))
+    wrong = rule.loss(memo, states[-1], decode, targets=torch.full((2, 3), j))  # right at h_j, not after it
+    assert right.item() < 0.05 and wrong.item() > 3.0
+
+
 def test_the_correct_label_without_targets_is_one_clear_error(tiny_recipe):
     import pytest
 
