@@ -1,5 +1,6 @@
 """Halting rules: ``momentum`` (the seed's raw-momentum saturation readout), ``learned`` (a halting head
-trained with the model to predict that more steps will not change the answer) and ``fixed`` (always k_max).
+trained with the model to predict that more steps will not change the answer, or that the answer is
+right) and ``fixed`` (always k_max).
 
 Seed 001 §04: "Equilibrium is detected via a raw-momentum readout - not by chasing the difference
 between successive hidden states to zero." The movement m_k = RMS(raw_k - raw_{k-1}) over heads
@@ -90,8 +91,8 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
 
     class Config(parallax.Spec):
         type: str = "learned"
-        threshold: float = Field(0.8, gt=0, lt=1, description="halt when the head's probability that more "
-                                 "steps would not change the answer reaches this")
+        threshold: float = Field(0.8, gt=0, lt=1, description="halt when the head's probability of its "
+                                 "label (see label) reaches this")
         init_bias: float = Field(-4.0, description="initial bias of the halting logit (negative: a deep start)")
         k_min: int = Field(1, ge=0, description="no position halts before this many frozen steps (0: the "
                            "head is asked on the initial state too, so a position may take the live step alone)")
