@@ -263,27 +263,31 @@ def read_metadata(path: str | Path) -> dict[str, str]:
                               f"(train.resume=PATH to train on from it)") from None
 
 
-def metadata_json(path: str | Path, key: str) -> dict[str, str]:
-    """The ``{str: str}`` mapping that ``save`` wrote as JSON under ``key`` in the weights' header.
+def metadata_json(path: str | Path, *keys: str) -> dict[str, dict[str, str]]:
+    """The ``{str: str}`` mappings that ``save`` wrote as JSON under ``keys`` in the weights' header,
+    read once: ``{key: mapping}``.
 
     The header is not covered by the tensors' own checks, so a flipped byte there is refused here
     in one line rather than reaching ``json.loads``'s traceback.
     """
     f = Path(path) / "model.safetensors"
-    text = read_metadata(path).get(key, "{}")
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise CheckpointError(f"{f}: damaged (its header's '{key}' entry is not the JSON mapping it was saved as); "
-                              f"use an earlier step-* folder (train.resume=PATH to train on from it)")
-    return value
+    meta = read_metadata(path)
+    found = {}
+    for key in keys:
+        try:
+            value = json.loads(meta.get(key, "{}"))
+        except ValueError:
+            value = None
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise CheckpointError(f"{f}: damaged (its header's '{key}' entry is not the JSON mapping it was saved "
+                                  f"as); use an earlier step-* folder (train.resume=PATH to train on from it)")
+        found[key] = value
+    return found
 
 
 def check_plugins(path: str | Path, registry: Registry) -> None:
     """Raise a one-line error naming the package to install when a component is not registered."""
-    used = metadata_json(path, "components")
+    used = metadata_json(path, "components")["components"]
     for key, provider in used.items():
         kind, _, name = key.partition("/")
         if kind in registry.entries and name not in registry.entries[kind]:

@@ -39,6 +39,7 @@ def export(run: str | Path, dest: str | Path, force: bool = False) -> Path:
     if dest.exists() and any(dest.iterdir()) and not force:
         raise CheckpointError(f"{dest}: exists and is not empty; choose a new folder, or pass --force to replace it")
     opened = open_run(found)  # checks that the checkpoint loads into its recipe's model before anything is written
+    meta = ckpt.metadata_json(found, "components", "plugins")
     recipe = saved_recipe(found) if is_export(found) else yaml.safe_load((found / "config.yaml").read_text())
     summary = _summary(found)
     config = {
@@ -49,8 +50,8 @@ def export(run: str | Path, dest: str | Path, force: bool = False) -> Path:
         "step": _step(found) if ckpt.STEP_RE.match(found.name) else _exported(found).get("step"),
         "parameters": sum(p.numel() for p in opened.model.parameters()),
         "vocab_size": opened.data.info.vocab_size,
-        "components": ckpt.metadata_json(found, "components"),
-        "plugins": ckpt.metadata_json(found, "plugins"),
+        "components": meta["components"],
+        "plugins": meta["plugins"],
         "recipe": recipe,
         "summary": summary,
     }

@@ -134,11 +134,12 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         if "explore" not in memo:
             memo["explore"] = torch.rand(h.shape[:2], device=h.device) < self.cfg.explore  # (B,T)
         if self.cfg.label == "next_correct":  # keep a pair of successive states (h_{k-1}, h_k)
+            now = h.clone()  # the loop overwrites h in place
             if "prev" in memo:
                 memo["pairs"] = memo.get("pairs", 0) + 1
                 if int(torch.randint(memo["pairs"], ())) == 0:  # each pair offered is equally likely
-                    memo["kept"], memo["after"] = memo["prev"], h.clone()
-            memo["prev"] = h.clone()  # the loop overwrites h in place
+                    memo["kept"], memo["after"] = memo["prev"], now
+            memo["prev"] = now
             return halt & ~memo["explore"]
         seen = k + 1 if self.halts_before_steps else k  # states offered so far, the initial one included at k_min 0
         if int(torch.randint(seen, ())) == 0:  # keep with probability 1/seen: each state offered is equally likely

@@ -1,6 +1,7 @@
 """The learned halting rule: it trains with the model, starts deep, halts per position, and is saved."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -122,8 +123,6 @@ def test_the_next_correct_label_judges_the_answer_one_step_after_the_kept_state(
 
 
 def test_the_correct_label_without_targets_is_one_clear_error(tiny_recipe):
-    import pytest
-
     from parallax.errors import TrainingError
 
     model, data, _ = learned_model(tiny_recipe, "model.halting.explore=1.0", "model.halting.label=correct")
@@ -132,7 +131,7 @@ def test_the_correct_label_without_targets_is_one_clear_error(tiny_recipe):
         model(data.batch(1)["inputs"], k_max=4)
 
 
-def test_the_trainer_tells_the_model_which_positions_are_scored(tiny_recipe, monkeypatch):
+def test_the_trainer_hands_the_model_its_targets(tiny_recipe, monkeypatch):
     from parallax.model import CWSModel as Model
 
     seen = []
