@@ -64,12 +64,14 @@ def settle(
     trace: bool = False,
     compact_below: float = COMPACT_BELOW,
     compiled: bool = False,
+    memo: dict | None = None,
 ) -> Settled:
     """Settle every position: frozen steps until its halting rule fires (never, when ``halting`` is None)
     or ``k_max - live_steps`` frozen steps are done, then ``live_steps`` steps with gradient.
     Returns the settled ``h (B,T,d)``, each position's K ``(B,T)`` and the position-steps computed.
     ``compiled``: the frozen steps run as one compiled graph per step on the masked full block, with
-    the host consulted every ``SYNC_EVERY`` steps (``_frozen``); same states as eager."""
+    the host consulted every ``SYNC_EVERY`` steps (``_frozen``); same states as eager. ``memo``: what the
+    halting rule's memo starts with (the model's decoder and targets in training, ``"decode"``, ``"targets"``)."""
     B, T, _ = x.shape
     token = [(e, c) for e, c in zip(experts, contexts) if e.clock == "token"]
     clocked = [(e, c) for e, c in zip(experts, contexts) if e.clock == "h"]
@@ -97,7 +99,7 @@ def settle(
         tv = tok_v.detach() if tok_v is not None else None
         state, steps, prev_raw, traces, work, memo = _frozen(
             one_step, workspace, clocked, takes_active, state, tk, tv, positions, halting, k_max - live_steps,
-            trace, can_pack, compact_below, compiled)
+            trace, can_pack, compact_below, compiled, dict(memo or {}))
     h_frozen = state.h
     for _ in range(live_steps):
         state, raw = one_step(state, tok_k, tok_v, positions)
@@ -143,7 +145,7 @@ SYNC_EVERY = 4
 
 @torch.compiler.disable  # a compiled model calls in here: the loop is not traced, the compiled step is its own graph
 def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions, halting, n_frozen: int,
-            trace: bool, can_pack: bool, compact_below: float, compiled: bool):
+            trace: bool, can_pack: bool, compact_below: float, compiled: bool, memo: dict):
     """The frozen steps, under ``no_grad``. -> (state, steps (B,T), last raw, trace, work, memo).
 
     Eager: one host sync per step, and the active positions packed into a list as they thin.
@@ -156,15 +158,17 @@ def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions
     B, T = state.h.shape[:2]
     active = torch.ones(B, T, dtype=torch.bool, device=state.h.device)
     steps = torch.zeros(B, T, dtype=torch.long, device=state.h.device)
-    memo: dict = {}
     prev_raw = None
     traces: list[torch.Tensor] = []
     work = 0
     pk: _Packed | None = None  # the packed active positions, once halting has thinned the batch
     masked_step = _compiled("masked_step") if compiled else None
+    start = _LiveStart()  # where a rule asks (``memo["keep"]``), the live steps start from an earlier state
     if n_frozen and halting is not None and halting.halts_before_steps:  # a position may need no frozen step
         active = _halt(halting, None, None, memo, 0, state, active)
+        start.offer(memo, state, steps)
     for i in range(n_frozen):
+        start.before_step(halting, state, steps)
         if masked_step is not None:
             if i % SYNC_EVERY == 0 and not bool(active.any()):  # the host sync, every SYNC_EVERY steps
                 break
@@ -191,8 +195,57 @@ def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions
         if trace and prev_raw is not None:
             traces.append(movement(raw, prev_raw))
         active = _halt(halting, raw, prev_raw, memo, i + 1, state, active)
+        start.offer(memo, state, steps)
         prev_raw = raw
+    state, steps = start.apply(state, steps)
     return state, steps, prev_raw, traces, work, memo
+
+
+class _LiveStart:
+    """The states a halting rule marks, per position, as where the live steps should start.
+
+    A rule may set ``memo["keep"]`` ``(B,T)`` after any step: the loop then keeps those positions'
+    state and step count (the latest marked wins), and once the frozen steps are done the marked
+    positions take their live steps from the kept state, with K counted from it. A rule that declares
+    ``marks_previous`` may set ``memo["keep_previous"]`` instead, for the state one step earlier (one
+    judged by the answer of the step after it); the loop then holds a copy of each state for one step.
+    Positions never marked start from where their frozen steps ended. The steps run past the kept
+    state are still counted in ``work``: they were computed."""
+
+    def __init__(self):
+        self.h = self.cum = self.steps = self.marked = None
+        self.prev: tuple[WorkspaceState, torch.Tensor] | None = None
+
+    def before_step(self, halting, state: WorkspaceState, steps: torch.Tensor) -> None:
+        if halting is not None and getattr(halting, "marks_previous", False):  # the packed steps write in place
+            self.prev = (WorkspaceState(state.h.clone(), state.cum.clone()), steps.clone())
+
+    def offer(self, memo: dict, state: WorkspaceState, steps: torch.Tensor) -> None:
+        previous = memo.pop("keep_previous", None)  # (B,T) bool, or None
+        if previous is not None and self.prev is not None:
+            self._mark(previous, *self.prev)
+        keep = memo.pop("keep", None)  # (B,T) bool, or None
+        if keep is not None:
+            self._mark(keep, state, steps)
+
+    def _mark(self, keep: torch.Tensor, state: WorkspaceState, steps: torch.Tensor) -> None:
+        if self.h is None:
+            self.h, self.cum, self.steps = state.h.clone(), state.cum.clone(), steps.clone()
+            self.marked = keep.clone()
+            return
+        m = keep[..., None]  # (B,T,1)
+        self.h = torch.where(m, state.h, self.h)
+        self.cum = torch.where(m[..., None], state.cum, self.cum)
+        self.steps = torch.where(keep, steps, self.steps)
+        self.marked = self.marked | keep
+
+    def apply(self, state: WorkspaceState, steps: torch.Tensor) -> tuple[WorkspaceState, torch.Tensor]:
+        if self.h is None:
+            return state, steps
+        m = self.marked[..., None]  # (B,T,1)
+        h = torch.where(m, self.h, state.h)  # (B,T,d)
+        cum = torch.where(m[..., None], self.cum, state.cum)  # (B,T,H,S)
+        return WorkspaceState(h, cum), torch.where(self.marked, self.steps, steps)
 
 
 def _masked_step(workspace, clocked, takes_active, h, cum, tk, tv, positions, active):

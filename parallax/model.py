@@ -89,18 +89,21 @@ class CWSModel(Model):
         d_model: int = Field(64, gt=0, description="workspace width d")
         k_max: int = Field(8, ge=1, le=MAX_K, description="maximum K steps per position")
         live_steps: int = Field(1, ge=1, description="steps with gradient at the end of the loop")
-        train_k: Literal["max", "uniform", "ramp", "poisson"] = Field(
+        train_k: Literal["max", "uniform", "ramp", "grow", "poisson"] = Field(
             "max",
             description="K budget of each training batch: k_max; uniform in [live_steps, k_max]; ramp: "
-            "uniform in [live_steps, cap] with cap rising linearly to k_max over k_ramp_steps; or poisson: "
+            "uniform in [live_steps, cap] with cap rising linearly to k_max over k_ramp_steps; grow: the cap "
+            "itself, a depth curriculum (every batch gets the whole cap, which a halting rule may stop short "
+            "of); or poisson: "
             "Huginn's log-normal Poisson with mean k_mean and spread k_sigma, clipped to [live_steps, k_max]. "
             "Evaluation and generation always use k_max.",
         )
         k_ramp_steps: int = Field(1000, ge=1, description="training batches over which the ramp reaches k_max")
         k_ramp_from: int | None = Field(
-            None, ge=1, description="train_k ramp: the cap it starts from (default live_steps), a warm-up of k_max")
+            None, ge=1,
+            description="train_k ramp or grow: the cap it starts from (default live_steps), a warm-up of k_max")
         k_ramp_hold: int = Field(
-            0, ge=0, description="train_k ramp: training batches the cap stays at k_ramp_from before it rises")
+            0, ge=0, description="train_k ramp or grow: training batches the cap stays at k_ramp_from before it rises")
         k_mean: float | None = Field(None, gt=0, description="train_k poisson: mean K r (default k_max / 2)")
         k_sigma: float = Field(0.5, ge=0, description="train_k poisson: sigma of log(rate)")
         compact_below: float = Field(
@@ -157,11 +160,13 @@ class CWSModel(Model):
             return cap
         if self.cfg.train_k == "poisson":
             return min(max(poisson_k(self.cfg.k_mean or self.k_max / 2, self.cfg.k_sigma), lo), cap)
-        if self.cfg.train_k == "ramp":
+        if self.cfg.train_k in ("ramp", "grow"):
             # held at the start for k_ramp_hold batches, then linear to k_max over k_ramp_steps
             start = self.cfg.k_ramp_from or lo
             frac = min(1.0, max(0.0, float(self.batches_seen - self.cfg.k_ramp_hold) / self.cfg.k_ramp_steps))
             cap = start + int(frac * (self.k_max - start))
+            if self.cfg.train_k == "grow":
+                return cap
         # torch's RNG, so the draw is part of the seeded, checkpointed run state
         return int(torch.randint(lo, cap + 1, ()).item())
 
@@ -172,7 +177,9 @@ class CWSModel(Model):
         if k_max is None and self.training:
             k_max = self.training_k()
         x, positions, contexts = self._observe(inputs)
-        res = self._settle(x, positions, contexts, k_max or self.k_max, trace)
+        # in training, a rule that judges frozen states by their answers (``memo``) gets the decoder and targets
+        given = {"decode": self.decoder, "targets": targets} if self.training and targets is not None else None
+        res = self._settle(x, positions, contexts, k_max or self.k_max, trace, memo=given)
         logits = self.decoder(res.h)
         stats: dict[str, Any] = {"work": res.work}
         if self.training and self.halting is not None:
@@ -193,10 +200,10 @@ class CWSModel(Model):
         positions = torch.arange(x.shape[1], device=x.device)  # (T,)
         return x, positions, [e.context(x) for e in self.experts]
 
-    def _settle(self, x, positions, contexts, k_max: int, trace: bool = False):
+    def _settle(self, x, positions, contexts, k_max: int, trace: bool = False, memo: dict | None = None):
         """The K loop under the model's current halting rule (None within ``fixed_k``)."""
         return settle(self.workspace, self.experts, contexts, x, positions, self.halting, k_max, self.live_steps,
-                      trace=trace, compact_below=self.cfg.compact_below, compiled=self.compiled_k_loop)
+                      trace=trace, compact_below=self.cfg.compact_below, compiled=self.compiled_k_loop, memo=memo)
 
     def compile_in_place(self) -> None:
         """Compile the K steps, keeping the module tree and the state dict: the frozen steps as one masked

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 import parallax
@@ -101,10 +101,27 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         weight: float = Field(1.0, ge=0, description="weight of the head's loss beside the task loss")
         speed: float = Field(10.0, gt=0, description="the halting logit is speed * (w·x + b): under Adam, the "
                              "head's learning rate times speed")
+        step_heads: int = Field(0, ge=0, description="0: one head for every step; N: besides it, a correction of "
+                                "its own for each of the frozen steps k = 0..N-1 (the last one serves every later k), "
+                                "so that the head can tell how many steps were taken")
+        reads_start: bool = Field(False, description="each step's correction also reads the position's initial "
+                                  "state (its observation, under init_h: obs): what was asked, beside how far the "
+                                  "steps got; needs step_heads and k_min 0")
+        explore_live: Literal["budget", "hindsight"] = Field(
+            "budget", description="where an explored position takes its live step: after the whole budget; or "
+            "hindsight: from the state before its first frozen step whose answer is the target (none: the whole "
+            "budget), judged with the training targets; only positions with a target explore")
         label: Literal["consistent", "correct", "next_correct"] = Field(
             "consistent", description="what the head learns to predict at a kept step: consistent = its answer "
             "is the whole budget's (CALM); correct = its answer is the target (HRM); next_correct = the answer "
             "one step later, the live step's after a halt there, is the target")
+
+        @model_validator(mode="after")
+        def _start_needs_steps(self):
+            if self.reads_start and not (self.step_heads and self.k_min == 0):
+                raise ValueError("reads_start reads the initial state through each step's correction: "
+                                 "set step_heads (e.g. k_max) and k_min: 0")
+            return self
 
     def __init__(self, cfg: Config, d_model: int):
         nn.Module.__init__(self)
@@ -112,38 +129,75 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         self.head = nn.Linear(d_model, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.constant_(self.head.bias, cfg.init_bias / cfg.speed)  # the logit starts at init_bias
+        if cfg.step_heads:  # per-step corrections, zero at the start so the deep start holds at every k
+            self.step_weight = nn.Parameter(torch.zeros(cfg.step_heads, d_model))  # (N,d)
+            self.step_bias = nn.Parameter(torch.zeros(cfg.step_heads))  # (N,)
+        if cfg.reads_start:
+            self.start_weight = nn.Parameter(torch.zeros(cfg.step_heads, d_model))  # (N,d) on the initial state
 
     @property
     def halts_before_steps(self) -> bool:
         return self.cfg.k_min == 0
 
-    def logit(self, h: torch.Tensor) -> torch.Tensor:
-        """The halting logit ``(B,T)`` of states ``h (B,T,d)``.
+    @property
+    def marks_previous(self) -> bool:
+        """hindsight judges the state before each step by that step's answer (``kloop._LiveStart``)."""
+        return self.training and self.cfg.explore_live == "hindsight"
+
+    def logit(self, h: torch.Tensor, k: int | torch.Tensor = 0, start: torch.Tensor | None = None) -> torch.Tensor:
+        """The halting logit ``(B,T)`` of states ``h (B,T,d)`` after ``k`` frozen steps (``start (B,T,d)``: the
+        initial states, read under ``reads_start``).
+
+        With ``step_heads``, step k adds its own correction ``w_k · x + b_k`` to the shared head's: whether
+        to halt can depend on how many steps were taken (a 2-hop query is ready after one frozen step, a
+        4-hop one after three), which the state need not record. PonderNet's halting probability is
+        likewise one per step n.
 
         Why ``speed``: Adam moves each parameter by about lr per step whatever its gradient's scale, so
         a logit that must travel from init_bias -4 to the threshold's +1.4 took ~1,800 steps at lr 3e-3
         (recall, seed 0: the bias had reached -2.9 after 500 steps and no position halted). Scaling the
         logit scales the head's effective learning rate, and only the head's."""
-        return self.cfg.speed * self.head(F.rms_norm(h, h.shape[-1:])).squeeze(-1)
+        x = F.rms_norm(h, h.shape[-1:])  # (B,T,d)
+        z = self.head(x).squeeze(-1)  # (B,T)
+        if self.cfg.step_heads:  # k: one step for the block (the loop), or one per position (kept states)
+            last = self.cfg.step_heads - 1
+            j = min(k, last) if isinstance(k, int) else k.clamp(max=last)
+            z = z + (x * self.step_weight[j]).sum(-1) + self.step_bias[j]  # (B,T)
+            if self.cfg.reads_start:  # what was asked (a 3-hop query) against how far the steps got (k)
+                z = z + (F.rms_norm(start, start.shape[-1:]) * self.start_weight[j]).sum(-1)  # (B,T)
+        return self.cfg.speed * z
 
     def update(self, raw, prev_raw, memo, k, h=None):
         t = self.cfg.threshold
-        halt = (self.logit(h) >= math.log(t / (1 - t))) & (k >= self.cfg.k_min)  # (B,T) p >= threshold
+        if k == 0 and self.cfg.reads_start:
+            memo["start"] = h.clone()  # (B,T,d) the initial state; the loop overwrites h in place
+        halt = (self.logit(h, k, memo.get("start")) >= math.log(t / (1 - t))) & (k >= self.cfg.k_min)  # p >= t
         if not self.training:
             return halt
         if "explore" not in memo:
             memo["explore"] = torch.rand(h.shape[:2], device=h.device) < self.cfg.explore  # (B,T)
+            if self.cfg.explore_live == "hindsight":
+                targets = memo.get("targets")
+                if targets is None or targets.shape != h.shape[:2]:
+                    raise parallax.errors.TrainingError(
+                        "model.halting.explore_live: hindsight judges each position's answer against its "
+                        "target, and this model gave none per position; use explore_live: budget")
+                memo["explore"] &= targets != -100  # nothing to judge elsewhere: those halt as the head says
+        if self.cfg.explore_live == "hindsight" and k >= 1 and k - 1 >= self.cfg.k_min:
+            with torch.no_grad():  # is the answer after step k the target? then step k - 1 was the one to halt at
+                right = memo["decode"](h).argmax(-1) == memo["targets"]  # (B,T)
+            found = memo.get("found", torch.zeros_like(right))
+            memo["keep_previous"] = memo["explore"] & right & ~found  # the first right answer only
+            memo["found"] = found | right
         if self.cfg.label == "next_correct":  # keep a pair of successive states (h_{k-1}, h_k)
             now = h.clone()  # the loop overwrites h in place
             if "prev" in memo:
                 memo["pairs"] = memo.get("pairs", 0) + 1
-                if int(torch.randint(memo["pairs"], ())) == 0:  # each pair offered is equally likely
-                    memo["kept"], memo["after"] = memo["prev"], now
+                _offer(memo, memo["pairs"], memo["prev"], now, k - 1)
             memo["prev"] = now
             return halt & ~memo["explore"]
         seen = k + 1 if self.halts_before_steps else k  # states offered so far, the initial one included at k_min 0
-        if int(torch.randint(seen, ())) == 0:  # keep with probability 1/seen: each state offered is equally likely
-            memo["kept"] = h.clone()  # the loop overwrites h in place
+        _offer(memo, seen, h.clone(), None, k)  # the loop overwrites h in place
         return halt & ~memo["explore"]
 
     def loss(self, memo, h_frozen, decode, targets=None):
@@ -163,9 +217,25 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
             if targets is not None and targets.shape == shape:
                 # a position whose target is ignored has no answer that more steps could change
                 stop = stop | (targets == -100)
-        z = self.logit(memo["kept"])  # (B,T) with a graph through the head only
+        z = self.logit(memo["kept"], memo["kept_k"], memo.get("start"))  # (B,T) with a graph through the head only
         labelled = memo["explore"]
         return self.cfg.weight * F.binary_cross_entropy_with_logits(z[labelled], stop[labelled].to(z.dtype))
+
+
+def _offer(memo: dict, n: int, h: torch.Tensor, after: torch.Tensor | None, k: int) -> None:
+    """Reservoir sampling per position: the n-th state offered (with the state after it, for next_correct)
+    replaces a position's kept one with probability 1/n, so each position keeps every offered step with
+    equal chance, and every step is kept somewhere in the batch (one step per batch left most unlabelled)."""
+    B, T = h.shape[:2]
+    if "kept" not in memo:
+        memo["kept"], memo["after"] = h, after
+        memo["kept_k"] = torch.full((B, T), k, dtype=torch.long, device=h.device)
+        return
+    take = torch.rand(B, T, device=h.device) * n < 1  # (B,T) probability 1/n
+    memo["kept"] = torch.where(take[..., None], h, memo["kept"])
+    if after is not None:
+        memo["after"] = torch.where(take[..., None], after, memo["after"])
+    memo["kept_k"] = torch.where(take, k, memo["kept_k"])
 
 
 class FixedHalting(parallax.HaltingRule):

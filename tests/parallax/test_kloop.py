@@ -127,6 +127,11 @@ def test_training_k_schedules(tiny_recipe):
     assert max(ks[20:25]) <= 3 + int(5 / 10 * 6)  # cap after 5 ramp batches: 6
     assert max(ks[30:]) == 9 and len(set(ks[30:])) == 9  # then spread over all of [1, 9]
 
+    # grow: every batch gets the cap itself, a depth curriculum rising by 1 every 4 batches, up to 9
+    grow, _ = tiny_model(tiny_recipe, "model.k_max=9", "model.train_k=grow", "model.k_ramp_steps=32")
+    grow.train()
+    assert [grow.training_k() for _ in range(40)] == [1 + min(8, (i + 1) // 4) for i in range(40)]
+
     fixed, _ = tiny_model(tiny_recipe, "model.k_max=9")
     fixed.train()
     assert {fixed.training_k() for _ in range(5)} == {9}
@@ -282,3 +287,57 @@ def test_the_compiled_k_loop_settles_as_the_eager_one(tiny_recipe):
     assert (grads[1] - grads[0]).norm() <= 1e-5 * grads[0].norm()
     assert eager.work == int(eager.k.sum())  # packed: exactly the steps taken
     assert comp.work == (k_max - 1 + 1) * B * T  # masked: every frozen step of the block, and the live one
+
+
+class KeepAt(parallax.HaltingRule):
+    """Never halts; marks the positions in ``mask (T,)`` after step ``at`` as where the live step starts."""
+
+    def __init__(self, mask, at):
+        self.mask, self.at = mask, at
+
+    def update(self, raw, prev_raw, memo, k):
+        if k == self.at:
+            memo["keep"] = self.mask.expand(raw.shape[:2])
+        return torch.zeros(raw.shape[:2], dtype=torch.bool)
+
+
+def test_a_rule_can_start_the_live_step_from_an_earlier_state(tiny_recipe):
+    """Positions a rule marks after step 2 take their live step from that state (K 3), as if they had
+    halted there, while the others run the whole budget; the steps computed past the mark still count."""
+    model, data = tiny_model(tiny_recipe)
+    model.eval()
+    inputs = data.batch(1)["inputs"]
+    B, T = inputs.shape
+    mask = torch.arange(T) % 2 == 0
+    with torch.no_grad():
+        kept = _settle(model, inputs, KeepAt(mask, 2), k_max=6)
+        short = _settle(model, inputs, HaltAt(mask, -1), k_max=3)
+        long = _settle(model, inputs, HaltAt(mask, -1), k_max=6)
+    assert kept.k[:, mask].eq(3).all() and kept.k[:, ~mask].eq(6).all()
+    torch.testing.assert_close(kept.h[:, mask], short.h[:, mask])
+    torch.testing.assert_close(kept.h[:, ~mask], long.h[:, ~mask])
+    assert kept.work == 6 * B * T  # every frozen step was computed, and the live one
+
+
+class KeepPreviousAt(KeepAt):
+    """Marks the state one step before step ``at`` (``memo["keep_previous"]``) for the positions in ``mask``."""
+
+    marks_previous = True
+
+    def update(self, raw, prev_raw, memo, k):
+        if k == self.at:
+            memo["keep_previous"] = self.mask.expand(raw.shape[:2])
+        return torch.zeros(raw.shape[:2], dtype=torch.bool)
+
+
+def test_a_rule_can_start_the_live_step_from_the_state_before_a_step(tiny_recipe):
+    model, data = tiny_model(tiny_recipe)
+    model.eval()
+    inputs = data.batch(1)["inputs"]
+    T = inputs.shape[1]
+    mask = torch.arange(T) % 2 == 1
+    with torch.no_grad():
+        kept = _settle(model, inputs, KeepPreviousAt(mask, 3), k_max=6)  # judged after step 3: the state after 2
+        short = _settle(model, inputs, HaltAt(mask, -1), k_max=3)
+    assert kept.k[:, mask].eq(3).all() and kept.k[:, ~mask].eq(6).all()
+    torch.testing.assert_close(kept.h[:, mask], short.h[:, mask])

@@ -109,17 +109,32 @@ def test_the_next_correct_label_judges_the_answer_one_step_after_the_kept_state(
     torch.manual_seed(0)
     for k, h in enumerate(states):
         rule.update(None, None, memo, k, h=h)
-    j = int(memo["kept"][0, 0, 0])
-    assert memo["pairs"] == 5 and torch.equal(memo["after"], states[j + 1]) and torch.equal(memo["kept"], states[j])
+    j = memo["kept_k"]  # (B,T): each position keeps its own pair
+    assert memo["pairs"] == 5 and torch.equal(memo["kept"][..., 0], j.float())
+    assert torch.equal(memo["after"], memo["kept"] + 1)  # the state one step after the kept one
 
     def decode(h):  # the answer of state h_k is token k
         return F.one_hot(h[..., 0].long(), 8).float()  # (B,T,V)
 
     with torch.no_grad():
         rule.head.bias.fill_(4.0 / rule.cfg.speed)  # the head says "stop" (logit +4) everywhere
-    right = rule.loss(memo, states[-1], decode, targets=torch.full((2, 3), j + 1))
-    wrong = rule.loss(memo, states[-1], decode, targets=torch.full((2, 3), j))  # right at h_j, not after it
+    right = rule.loss(memo, states[-1], decode, targets=j + 1)
+    wrong = rule.loss(memo, states[-1], decode, targets=j)  # right at h_j, not after it
     assert right.item() < 0.05 and wrong.item() > 3.0
+
+
+def test_each_position_keeps_its_own_step_and_every_step_is_kept_somewhere():
+    """The reservoir runs per position: over a batch every frozen step is labelled, each about equally often."""
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(label="next_correct", explore=1.0, k_min=0), d_model=4)
+    rule.train()
+    memo: dict = {}
+    torch.manual_seed(0)
+    for k in range(9):
+        rule.update(None, None, memo, k, h=torch.full((64, 64, 4), float(k)))
+    counts = torch.bincount(memo["kept_k"].flatten(), minlength=8)  # 8 pairs offered
+    assert counts.min() > 0.8 * 64 * 64 / 8 and counts.max() < 1.2 * 64 * 64 / 8
 
 
 def test_the_correct_label_without_targets_is_one_clear_error(tiny_recipe):
@@ -225,3 +240,69 @@ def test_generation_halts_each_position_as_the_parallel_settle_does(tiny_recipe)
             logits.append(out)
     assert torch.equal(torch.stack(ks, 1), want.k) and (want.k < 8).any()
     torch.testing.assert_close(torch.stack(logits, 1), want.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_step_heads_let_the_halt_depend_on_the_step_taken():
+    """With ``step_heads`` each step k adds its own correction to the shared head, so one state can be
+    "stop" after one frozen step and "go on" after another; the corrections start at zero (deep start)
+    and the last one serves every later step. The head's loss reaches the kept step's correction only."""
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(label="next_correct", explore=1.0, k_min=0, step_heads=3), d_model=4)
+    h = torch.randn(2, 3, 4)
+    assert all(torch.allclose(rule.logit(h, k), torch.full((2, 3), -4.0)) for k in range(6))
+    with torch.no_grad():
+        rule.step_bias[1] = 1.0  # step 1 says "stop"
+        rule.step_bias[2] = -1.0  # step 2 and later: "go on"
+    z = [rule.logit(h, k) for k in range(5)]
+    assert (z[1] > z[0]).all() and (z[2] < z[0]).all() and torch.equal(z[4], z[2])
+
+    rule.train()
+    memo: dict = {}
+    torch.manual_seed(1)
+    for k in range(3):
+        rule.update(None, None, memo, k, h=torch.full((2, 3, 4), float(k)))
+    j = memo["kept_k"]  # (B,T)
+    assert torch.equal(memo["kept"][..., 0], j.float())  # the step index goes with the kept state
+    loss = rule.loss(memo, memo["after"], lambda s: F.one_hot(s[..., 0].long(), 8).float(), targets=j + 1)
+    loss.backward()
+    touched = set(rule.step_bias.grad.nonzero().flatten().tolist())
+    assert touched == set(j.flatten().tolist())  # each kept step's correction, and no other
+
+
+def test_hindsight_takes_the_live_step_from_the_state_before_the_first_right_answer():
+    """``explore_live: hindsight``: the targets judge the answer after each frozen step, and an explored
+    position marks the state before its first right answer; one never right marks nothing (it takes
+    the whole budget), and positions without a target do not explore."""
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(label="next_correct", explore=1.0, k_min=0, step_heads=4,
+                                                explore_live="hindsight"), d_model=4)
+    rule.train()
+    assert rule.marks_previous
+
+    def decode(h):  # the answer of state h_k is token k % 4: right again 4 steps later
+        return F.one_hot(h[..., 0].long() % 4, 8).float()  # (B,T,V)
+
+    targets = torch.tensor([[2, 7, -100]]).expand(2, 3)  # right after step 2 (and 6), never, nothing scored
+    memo: dict = {"decode": decode, "targets": targets}
+    marked_at = torch.full((2, 3), -1)
+    for k in range(8):
+        rule.update(None, None, memo, k, h=torch.full((2, 3, 4), float(k)))
+        keep = memo.pop("keep_previous", None)
+        if keep is not None:
+            marked_at[keep] = k - 1  # the latest mark wins, as in the loop
+    assert marked_at[:, 0].eq(1).all()  # the state before the first right answer, not the later one
+    assert marked_at[:, 1].eq(-1).all() and memo["explore"][:, 1].all()  # never right: the whole budget
+    assert marked_at[:, 2].eq(-1).all() and not memo["explore"][:, 2].any()
+    assert not rule.eval().marks_previous  # inference halts as the head says
+
+
+def test_hindsight_without_targets_per_position_is_one_clear_error():
+    from parallax.errors import TrainingError
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(label="next_correct", explore_live="hindsight"), d_model=4)
+    rule.train()
+    with pytest.raises(TrainingError, match="explore_live: hindsight"):
+        rule.update(None, None, {}, 1, h=torch.zeros(2, 3, 4))
