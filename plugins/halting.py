@@ -55,8 +55,9 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
     bootstraps its "continue" value from the next segment and labels "halt" with the correctness of the
     answer, which needs the targets inside the model and a pass per segment. Here the label comes from
     the frozen trajectory itself, as CALM labels its early exits by consistency with the full model
-    (Schuster et al. 2022, "Confident Adaptive Language Modeling"): one step j of each training settle
-    is kept (reservoir-sampled, so each frozen step is equally likely, without knowing the budget), and
+    (Schuster et al. 2022, "Confident Adaptive Language Modeling"): each position keeps one step j of each
+    training settle (reservoir-sampled per position, so each frozen step is equally likely, without
+    knowing the budget, and every step is labelled somewhere in the batch), and
     ``y = [argmax decode(h_j) == argmax decode(h_frozen)]`` per position, with ``h_frozen`` the state
     after all frozen steps. The loss is the BCE of the head at ``h_j`` against y. Memory stays O(1) in
     K (one kept state ``(B,T,d)``); the cost is two decoder passes under ``no_grad`` per training batch.
@@ -83,6 +84,13 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
     a fraction ``explore`` of positions ignores the head and runs the batch's whole budget, and only
     those positions label the head (the exploration of HRM's halting, used here for unbiased labels).
 
+    Chains of lookups (docs/halting.md): ``step_heads`` gives each step its own correction of the logit,
+    so that whether to halt can depend on how many steps were taken; ``reads_start`` lets each step's
+    correction read the initial state (what was asked); ``explore_live: hindsight`` starts an explored
+    position's live step from the state before its first right answer, judged with the training
+    targets after every frozen step, so that the step is trained at the depth it needs rather than
+    wherever the position stopped.
+
     Deep start: the head's weight starts at 0 and its bias at ``init_bias`` (-4: p = 0.018 everywhere),
     so at first no position halts and every one runs to k_max; the head learns where stopping is safe.
     """
@@ -106,7 +114,7 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
                                 "so that the head can tell how many steps were taken")
         reads_start: bool = Field(False, description="each step's correction also reads the position's initial "
                                   "state (its observation, under init_h: obs): what was asked, beside how far the "
-                                  "steps got; needs step_heads and k_min 0")
+                                  "steps got; needs step_heads")
         explore_live: Literal["budget", "hindsight"] = Field(
             "budget", description="where an explored position takes its live step: after the whole budget; or "
             "hindsight: from the state before its first frozen step whose answer is the target (none: the whole "
@@ -118,9 +126,9 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
 
         @model_validator(mode="after")
         def _start_needs_steps(self):
-            if self.reads_start and not (self.step_heads and self.k_min == 0):
+            if self.reads_start and not self.step_heads:
                 raise ValueError("reads_start reads the initial state through each step's correction: "
-                                 "set step_heads (e.g. k_max) and k_min: 0")
+                                 "set step_heads (e.g. k_max)")
             return self
 
     def __init__(self, cfg: Config, d_model: int):
@@ -137,7 +145,8 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
 
     @property
     def halts_before_steps(self) -> bool:
-        return self.cfg.k_min == 0
+        """Asked on the initial state too: at k_min 0 to halt there, under reads_start to read it."""
+        return self.cfg.k_min == 0 or self.cfg.reads_start
 
     @property
     def marks_previous(self) -> bool:
@@ -201,7 +210,13 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         return halt & ~memo["explore"]
 
     def loss(self, memo, h_frozen, decode, targets=None):
-        if "kept" not in memo or not memo["explore"].any():  # no frozen step, or no position explored
+        labelled = memo.get("explore")
+        if labelled is not None and self.cfg.explore_live == "hindsight" and targets is not None \
+                and targets.shape == labelled.shape:
+            # under hindsight only positions with a target explore; those without one need no exploring to
+            # be labelled, since their label is "stop" whatever their trajectory (below)
+            labelled = labelled | (targets == -100)
+        if "kept" not in memo or not labelled.any():  # no frozen step, or no position to label
             # a zero that still reaches the head, so that every parameter has a gradient each step (DDP)
             return sum(p.sum() for p in self.parameters()) * 0.0
         if self.cfg.label != "consistent" and targets is None:
@@ -218,7 +233,6 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
                 # a position whose target is ignored has no answer that more steps could change
                 stop = stop | (targets == -100)
         z = self.logit(memo["kept"], memo["kept_k"], memo.get("start"))  # (B,T) with a graph through the head only
-        labelled = memo["explore"]
         return self.cfg.weight * F.binary_cross_entropy_with_logits(z[labelled], stop[labelled].to(z.dtype))
 
 

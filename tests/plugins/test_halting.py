@@ -306,3 +306,44 @@ def test_hindsight_without_targets_per_position_is_one_clear_error():
     rule.train()
     with pytest.raises(TrainingError, match="explore_live: hindsight"):
         rule.update(None, None, {}, 1, h=torch.zeros(2, 3, 4))
+
+
+def test_under_hindsight_positions_without_a_target_are_labelled_without_exploring():
+    """Only positions with a target explore under hindsight; those without one are labelled "stop" all the
+    same (their label does not depend on the trajectory), so the head learns to halt them at once."""
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(label="next_correct", explore=1.0, k_min=0,
+                                                explore_live="hindsight"), d_model=4)
+    rule.train()
+    targets = torch.tensor([[3, -100, -100]]).expand(2, 3)
+    memo: dict = {"decode": lambda h: F.one_hot(h[..., 0].long(), 8).float(), "targets": targets}
+    for k in range(4):
+        rule.update(None, None, memo, k, h=torch.full((2, 3, 4), float(k)))
+    assert memo["explore"][:, 0].all() and not memo["explore"][:, 1:].any()
+    with torch.no_grad():
+        rule.head.bias.fill_(4.0 / rule.cfg.speed)  # "stop" everywhere: right for the unscored ones
+    unscored_only = rule.loss(memo, memo["after"], memo["decode"], targets=torch.full((2, 3), -100))
+    assert unscored_only.item() < 0.05  # they are labelled (an empty selection would give nan), and "stop"
+
+
+def test_reads_start_with_k_min_above_zero_reads_the_initial_state_without_halting_there():
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(k_min=2, step_heads=4, reads_start=True), d_model=4)
+    assert rule.halts_before_steps  # asked at k = 0 to read the initial state
+    with torch.no_grad():
+        rule.head.bias.fill_(4.0 / rule.cfg.speed)  # "stop" everywhere
+    rule.eval()
+    memo: dict = {}
+    h0 = torch.randn(2, 3, 4)
+    assert not rule.update(None, None, memo, 0, h=h0).any()  # k < k_min: no halt
+    assert torch.equal(memo["start"], h0)
+    assert rule.update(None, None, memo, 2, h=torch.randn(2, 3, 4)).all()
+
+
+def test_reads_start_without_step_heads_is_one_clear_error(tiny_recipe):
+    from parallax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reads_start"):
+        learned_model(tiny_recipe, "model.halting.reads_start=true")
