@@ -25,7 +25,10 @@ The states are eager's; ``work`` then counts every masked step of the block.
 
 A halting rule sees, after each frozen step, the raw logits of that step and the last (``(B,T,H,S)``,
 zero at positions not computed in it) and, when it declares ``reads_state``, the state ``h (B,T,d)``;
-one that declares ``halts_before_steps`` is asked at k = 0 as well, on the initial state.
+one that declares ``halts_before_steps`` is asked at k = 0 as well, on the initial state. A rule may
+also mark, in its memo, the state from which a position's live steps should start instead of the last
+one (``_LiveStart``): the learned rule's hindsight exploration trains the live step from the state
+before a position's first right answer.
 """
 from __future__ import annotations
 
