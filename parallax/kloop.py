@@ -166,12 +166,13 @@ def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions
     work = 0
     pk: _Packed | None = None  # the packed active positions, once halting has thinned the batch
     masked_step = _compiled("masked_step") if compiled else None
-    start = _LiveStart()  # where a rule asks (``memo["keep"]``), the live steps start from an earlier state
+    # where a rule asks (``memo["keep"]``), the live steps start from an earlier state
+    start = _LiveStart(copies_previous=halting is not None and halting.marks_previous)
     if n_frozen and halting is not None and halting.halts_before_steps:  # a position may need no frozen step
         active = _halt(halting, None, None, memo, 0, state, active)
         start.offer(memo, state, steps)
     for i in range(n_frozen):
-        start.before_step(halting, state, steps)
+        start.before_step(state, steps)
         if masked_step is not None:
             if i % SYNC_EVERY == 0 and not bool(active.any()):  # the host sync, every SYNC_EVERY steps
                 break
@@ -215,12 +216,13 @@ class _LiveStart:
     Positions never marked start from where their frozen steps ended. The steps run past the kept
     state are still counted in ``work``: they were computed."""
 
-    def __init__(self):
+    def __init__(self, copies_previous: bool = False):
+        self.copies_previous = copies_previous  # the rule's ``marks_previous``, read once per settle
         self.h = self.cum = self.steps = self.marked = None
         self.prev: tuple[WorkspaceState, torch.Tensor] | None = None
 
-    def before_step(self, halting, state: WorkspaceState, steps: torch.Tensor) -> None:
-        if halting is not None and getattr(halting, "marks_previous", False):  # the packed steps write in place
+    def before_step(self, state: WorkspaceState, steps: torch.Tensor) -> None:
+        if self.copies_previous:  # a copy: the packed steps write into the state in place
             self.prev = (WorkspaceState(state.h.clone(), state.cum.clone()), steps.clone())
 
     def offer(self, memo: dict, state: WorkspaceState, steps: torch.Tensor) -> None:

@@ -229,6 +229,9 @@ class HaltingRule:
     - ``halts_before_steps`` True (a rule that reads the state): it is also asked once before the
       first frozen step, with ``k=0``, ``raw`` and ``prev_raw`` None and the initial state, so a
       position may take no frozen step at all (K = live_steps);
+    - ``marks_previous`` True: ``update`` may set ``memo["keep_previous"]`` ``(B,T)``, and the marked
+      positions take their live steps from the state before that step (``kloop._LiveStart``; a rule
+      may set ``memo["keep"]`` for the state after it without declaring anything);
     - the rule subclasses ``nn.Module`` as well; the model then builds it as ``cls(cfg, d_model)`` and
       registers it as its submodule ``halting``, so its parameters train and are saved with the model;
     - ``loss(memo, h_frozen, decode, targets=None)``: called by the model after each training forward
@@ -241,6 +244,7 @@ class HaltingRule:
     Config: ClassVar[type[Spec]]
     reads_state: ClassVar[bool] = False
     halts_before_steps: bool = False
+    marks_previous: bool = False
 
     def __init__(self, cfg: Spec):
         self.cfg = cfg

@@ -292,12 +292,14 @@ def test_the_compiled_k_loop_settles_as_the_eager_one(tiny_recipe):
 class KeepAt(parallax.HaltingRule):
     """Never halts; marks the positions in ``mask (T,)`` after step ``at`` as where the live step starts."""
 
+    key = "keep"
+
     def __init__(self, mask, at):
         self.mask, self.at = mask, at
 
     def update(self, raw, prev_raw, memo, k):
         if k == self.at:
-            memo["keep"] = self.mask.expand(raw.shape[:2])
+            memo[self.key] = self.mask.expand(raw.shape[:2])
         return torch.zeros(raw.shape[:2], dtype=torch.bool)
 
 
@@ -323,11 +325,7 @@ class KeepPreviousAt(KeepAt):
     """Marks the state one step before step ``at`` (``memo["keep_previous"]``) for the positions in ``mask``."""
 
     marks_previous = True
-
-    def update(self, raw, prev_raw, memo, k):
-        if k == self.at:
-            memo["keep_previous"] = self.mask.expand(raw.shape[:2])
-        return torch.zeros(raw.shape[:2], dtype=torch.bool)
+    key = "keep_previous"
 
 
 def test_a_rule_can_start_the_live_step_from_the_state_before_a_step(tiny_recipe):
