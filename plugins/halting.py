@@ -93,6 +93,10 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
 
     Deep start: the head's weight starts at 0 and its bias at ``init_bias`` (-4: p = 0.018 everywhere),
     so at first no position halts and every one runs to k_max; the head learns where stopping is safe.
+
+    ``eval_threshold``: the bar out of training. In training a halt also decides where a position's live
+    step is trained, so the bar there stays high; at evaluation a missed halt costs the answer, and on
+    multihop a lower bar answered more (docs/halting.md, "Threshold at evaluation").
     """
 
     reads_state = True
@@ -101,6 +105,10 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         type: str = "learned"
         threshold: float = Field(0.8, gt=0, lt=1, description="halt when the head's probability of its "
                                  "label (see label) reaches this")
+        eval_threshold: float | None = Field(
+            None, gt=0, lt=1, description="the threshold out of training (evaluation, generation, bench); "
+            "default: threshold. In training a halt also decides where the live step is trained, and a "
+            "lower threshold there let wrong-depth halts train the step (docs/halting.md)")
         init_bias: float = Field(-4.0, description="initial bias of the halting logit (negative: a deep start)")
         k_min: int = Field(1, ge=0, description="no position halts before this many frozen steps (0: the "
                            "head is asked on the initial state too, so a position may take the live step alone)")
@@ -177,7 +185,7 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         return self.cfg.speed * z
 
     def update(self, raw, prev_raw, memo, k, h=None):
-        t = self.cfg.threshold
+        t = self.cfg.threshold if self.training or self.cfg.eval_threshold is None else self.cfg.eval_threshold
         if k == 0 and self.cfg.reads_start:
             memo["start"] = h.clone()  # (B,T,d) the initial state; the loop overwrites h in place
         halt = (self.logit(h, k, memo.get("start")) >= math.log(t / (1 - t))) & (k >= self.cfg.k_min)  # p >= t

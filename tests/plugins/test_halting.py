@@ -1,6 +1,8 @@
 """The learned halting rule: it trains with the model, starts deep, halts per position, and is saved."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -347,3 +349,18 @@ def test_reads_start_without_step_heads_is_one_clear_error(tiny_recipe):
 
     with pytest.raises(ConfigError, match="reads_start"):
         learned_model(tiny_recipe, "model.halting.reads_start=true")
+
+
+def test_eval_threshold_sets_the_halt_out_of_training_only():
+    """``eval_threshold`` replaces ``threshold`` in evaluation and generation; training keeps ``threshold``."""
+    from plugins.halting import LearnedHalting
+
+    rule = LearnedHalting(LearnedHalting.Config(threshold=0.8, eval_threshold=0.5, explore=0.0), d_model=4)
+    h = torch.randn(2, 3, 4)
+    with torch.no_grad():
+        rule.head.bias.fill_(math.log(0.6 / 0.4) / rule.cfg.speed)  # p = 0.6 everywhere: between the two
+    assert rule.eval().update(None, None, {}, 1, h=h).all()  # 0.6 >= 0.5: halts at evaluation
+    assert not rule.train().update(None, None, {}, 1, h=h).any()  # 0.6 < 0.8: runs on in training
+    plain = LearnedHalting(LearnedHalting.Config(threshold=0.8), d_model=4)
+    plain.load_state_dict(rule.state_dict())
+    assert not plain.eval().update(None, None, {}, 1, h=h).any()  # unset: evaluation uses threshold
