@@ -4,8 +4,9 @@ For each hop count h it reports, on the fixed validation set:
 - ``own``: accuracy under the run's own halting rule, and the histogram of the K its queries took,
   with the accuracy at each K (``{K: [n, accuracy %]}``): a query that halts at K = h and is wrong
   is a step error, one that halts elsewhere a halting error;
-- ``forced_K{K}``: accuracy when every position takes exactly K steps (the rule's k_min raised to K
-  under a budget of K): the step's answer after K steps, whatever the rule would have done.
+- ``forced_K{K}``: accuracy when every position takes exactly K steps (the run reopened with
+  ``model.k_max=K model.halting.k_min=K``, as ``parallax eval`` takes them): the step's answer after K
+  steps, whatever the rule would have done.
 
 Not part of the library: it reads the multihop data source's kinds (hop1, hop2, ...).
 
@@ -17,17 +18,17 @@ import sys
 import torch
 
 from parallax import runs
+from parallax.evaluate import evaluate
 
 
 def main(argv):
     torch.set_num_threads(1)
     run = runs.open_run(argv[0], argv[1:])
     model, hops = run.model.eval(), range(1, run.recipe.data.h_max + 1)
-    batches = list(run.data.val_batches())
     out = {}
     with torch.no_grad():
         ks, right, kinds = [], [], []
-        for b in batches:
+        for b in run.data.val_batches():
             o = model(b["inputs"])
             scored = b["targets"] != -100  # (B,T)
             ks.append(o.k[scored])
@@ -40,19 +41,10 @@ def main(argv):
                     for k in ks[sel].unique()}
             out[f"hop{h}"] = {"accuracy": round(100 * right[sel].float().mean().item(), 1),
                               "k_mean": round(ks[sel].float().mean().item(), 2), "k_hist": hist}
-        rule = model.halting
-        k_min = rule.cfg.k_min
-        for K in range(1, 2 * len(hops) + 1):
-            object.__setattr__(rule.cfg, "k_min", K)  # no halt before K frozen steps: exactly K under a budget of K
-            hits = {h: [0, 0] for h in hops}
-            for b in batches:
-                r = model(b["inputs"], k_max=K).logits.argmax(-1) == b["targets"]  # (B,T)
-                for h in hops:
-                    sel = b["kind"] == h
-                    hits[h][0] += int(r[sel].sum())
-                    hits[h][1] += int(sel.sum())
-            out[f"forced_K{K}"] = {f"hop{h}": round(100 * a / n, 1) for h, (a, n) in hits.items()}
-        object.__setattr__(rule.cfg, "k_min", k_min)
+    for K in range(1, 2 * len(hops) + 1):  # k_min K under a budget of K: exactly K steps everywhere
+        forced = runs.open_run(argv[0], [*argv[1:], f"model.k_max={K}", f"model.halting.k_min={K}"])
+        by_kind = evaluate(forced.model, forced.data, torch.device("cpu"), None, detailed=True)["by_kind"]
+        out[f"forced_K{K}"] = {f"hop{h}": round(100 * by_kind[f"hop{h}"]["accuracy"], 1) for h in hops}
     print(json.dumps(out))
 
 
