@@ -24,7 +24,8 @@ the host is asked whether any position still settles every ``SYNC_EVERY`` steps 
 The states are eager's; ``work`` then counts every masked step of the block.
 
 A halting rule sees, after each frozen step, the raw logits of that step and the last (``(B,T,H,S)``,
-zero at positions not computed in it) and, when it declares ``reads_state``, the state ``h (B,T,d)``;
+zero at positions not computed in it), when it declares ``reads_state`` the state ``h (B,T,d)``, and when
+it declares ``reads_active`` the positions still settling, so that it need only decide those;
 one that declares ``halts_before_steps`` is asked at k = 0 as well, on the initial state. A rule may
 also mark, in its memo, the state from which a position's live steps should start instead of the last
 one (``_LiveStart``): the learned rule's hindsight exploration trains the live step from the state
@@ -137,8 +138,10 @@ def _halt(halting: HaltingRule | None, raw, prev_raw, memo: dict, k: int, state:
     """``active`` less the positions the halting rule stops after step k."""
     if halting is None:
         return active
-    halt = (halting.update(raw, prev_raw, memo, k, h=state.h) if halting.reads_state
-            else halting.update(raw, prev_raw, memo, k))
+    given = {"h": state.h} if halting.reads_state else {}
+    if halting.reads_active:
+        given["active"] = active
+    halt = halting.update(raw, prev_raw, memo, k, **given)
     return active & ~halt
 
 

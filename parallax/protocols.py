@@ -226,6 +226,8 @@ class HaltingRule:
     Optional, for a rule that learns:
     - ``reads_state = True``: ``update`` also receives ``h=`` the state after step k ``(B,T,d)`` (a
       buffer the loop may overwrite in place: clone what is kept in ``memo``);
+    - ``reads_active = True``: ``update`` also receives ``active=`` the positions still settling ``(B,T)``
+      bool; its answer elsewhere is ignored (they have halted), so it may compute at these alone;
     - ``halts_before_steps`` True (a rule that reads the state): it is also asked once before the
       first frozen step, with ``k=0``, ``raw`` and ``prev_raw`` None and the initial state, so a
       position may take no frozen step at all (K = live_steps);
@@ -243,6 +245,7 @@ class HaltingRule:
 
     Config: ClassVar[type[Spec]]
     reads_state: ClassVar[bool] = False
+    reads_active: ClassVar[bool] = False
     halts_before_steps: bool = False
     marks_previous: bool = False
 

@@ -100,6 +100,7 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
     """
 
     reads_state = True
+    reads_active = True
 
     class Config(parallax.Spec):
         type: str = "learned"
@@ -184,11 +185,11 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
                 z = z + (F.rms_norm(start, start.shape[-1:]) * self.start_weight[j]).sum(-1)  # (B,T)
         return self.cfg.speed * z
 
-    def update(self, raw, prev_raw, memo, k, h=None):
+    def update(self, raw, prev_raw, memo, k, h=None, active=None):
         t = self.cfg.threshold if self.training or self.cfg.eval_threshold is None else self.cfg.eval_threshold
         if k == 0 and self.cfg.reads_start:
             memo["start"] = h.clone()  # (B,T,d) the initial state; the loop overwrites h in place
-        halt = (self.logit(h, k, memo.get("start")) >= math.log(t / (1 - t))) & (k >= self.cfg.k_min)  # p >= t
+        halt = self._halts(h, k, memo.get("start"), active, math.log(t / (1 - t)))  # p >= t
         if not self.training:
             return halt
         if "explore" not in memo:
@@ -216,6 +217,22 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
         seen = k + 1 if self.halts_before_steps else k  # states offered so far, the initial one included at k_min 0
         _offer(memo, seen, h.clone(), None, k)  # the loop overwrites h in place
         return halt & ~memo["explore"]
+
+    def _halts(self, h: torch.Tensor, k: int, start: torch.Tensor | None, active: torch.Tensor | None,
+               bar: float) -> torch.Tensor:
+        """Where the logit reaches ``bar`` ``(B,T)``, computed at the ``active`` positions alone: once most
+        positions have halted, the head over the whole block would cost every step what a full step's
+        projections cost, and the positions still settling are a few (docs/halting.md, "Measured")."""
+        B, T, d = h.shape
+        if k < self.cfg.k_min:
+            return torch.zeros(B, T, dtype=torch.bool, device=h.device)
+        if active is None:
+            return self.logit(h, k, start) >= bar
+        idx = active.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions still settling
+        take = lambda t: t.reshape(B * T, d).index_select(0, idx)[None]  # noqa: E731  (1,N,d)
+        z = self.logit(take(h), k, take(start) if start is not None else None)[0]  # (N,)
+        halt = torch.zeros(B * T, dtype=torch.bool, device=h.device)
+        return halt.index_copy_(0, idx, z >= bar).view(B, T)
 
     def loss(self, memo, h_frozen, decode, targets=None):
         labelled = memo.get("explore")

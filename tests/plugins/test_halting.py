@@ -364,3 +364,58 @@ def test_eval_threshold_sets_the_halt_out_of_training_only():
     plain = LearnedHalting(LearnedHalting.Config(threshold=0.8), d_model=4)
     plain.load_state_dict(rule.state_dict())
     assert not plain.eval().update(None, None, {}, 1, h=h).any()  # unset: evaluation uses threshold
+
+
+def test_the_halt_is_computed_at_the_positions_still_settling_alone():
+    """Given ``active``, the rule decides the positions still settling exactly as it does on the whole
+    block, and never reads the state elsewhere (there the loop has halted them already)."""
+    from plugins.halting import LearnedHalting
+
+    torch.manual_seed(0)
+    rule = LearnedHalting(LearnedHalting.Config(k_min=0, step_heads=3, reads_start=True), d_model=4).eval()
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.normal_()
+    h0, h = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    active = torch.tensor([[True, False, True, False, False], [False, False, True, True, False]])
+    whole, part = {}, {}
+    rule.update(None, None, whole, 0, h=h0)
+    rule.update(None, None, part, 0, h=h0, active=torch.ones(2, 5, dtype=torch.bool))
+    want = rule.update(None, None, whole, 2, h=h)
+    poisoned = torch.where(active[..., None], h, torch.full_like(h, float("nan")))  # NaN where halted
+    logit, shapes = rule.logit, []
+    rule.logit = lambda x, *a: shapes.append(x.shape[:-1]) or logit(x, *a)
+    got = rule.update(None, None, part, 2, h=poisoned, active=active)
+    assert shapes == [(1, int(active.sum()))]  # the head ran on the 5 positions still settling alone
+    assert want[active].any() and not want[active].all()  # both answers occur where it matters
+    assert torch.equal(got[active], want[active])
+    assert not got[~active].any()
+
+
+def test_the_loop_tells_a_rule_that_reads_active_which_positions_still_settle(tiny_recipe):
+    """``reads_active`` rules receive the loop's ``active`` mask; the K each position takes is the same
+    as where the rule decides on the whole block."""
+    model, data, _ = learned_model(tiny_recipe, "model.halting.k_min=0")
+    rule_class = type(model.halting)
+    model.eval()
+    with torch.no_grad():
+        model.halting.head.weight.normal_(0, 1.0)  # halts that differ from position to position
+        model.halting.head.bias.zero_()
+    seen = []
+    update = model.halting.update
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("active"))
+        return update(*args, **kwargs)
+
+    x = data.batch(0)["inputs"]
+    with torch.no_grad():
+        model.halting.update = spy
+        k_part = model(x).k
+        rule_class.reads_active = False
+        try:
+            k_whole = model(x).k
+        finally:
+            rule_class.reads_active = True
+    assert seen and seen[0] is not None and seen[-1] is None
+    assert len(k_part.unique()) > 1 and torch.equal(k_part, k_whole)
