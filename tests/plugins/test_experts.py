@@ -134,17 +134,21 @@ def test_memory_bank_ablation_drops_entries_and_restores_them():
     assert "keep" not in e.state_dict()  # an ablation is never saved with a checkpoint
 
 
-@pytest.mark.parametrize("name", ["attention_probe", "mlp_probe", "siren"])
-def test_packed_queries_read_their_own_row_up_to_their_own_position(name):
+@pytest.mark.parametrize("name,share", [("attention_probe", 0.5), ("attention_probe", 0.02), ("mlp_probe", 0.5),
+                                        ("siren", 0.5)])
+def test_packed_queries_read_their_own_row_up_to_their_own_position(name, share):
+    """Half the positions take the probe's per-row layout; 2% of them (fewer queries than rows) gather
+    each query's own row."""
     probe = make(name).double()
     x = torch.randn(B + 1, T, D, dtype=torch.float64)
     h_eff = torch.randn(B + 1, T, D, dtype=torch.float64)
     ctx = probe.context(x)
     dense = probe.propose(h_eff, ctx, torch.arange(T))  # (B+1,T,S,d) every position of every row
     # an uneven set of queries, with row 1 left out entirely
-    active = torch.rand(B + 1, T) < 0.5
+    active = torch.rand(B + 1, T) < share
     active[1] = False
     active[0, -1] = True
+    assert (active.sum() <= B + 1) == (share < 0.1)  # the two layouts, both tested
     rows, pos = active.nonzero(as_tuple=True)  # ascending rows
     packed = probe.propose(h_eff[rows, pos][None], ctx, pos, rows=rows)  # (1,N,S,d)
     assert probe.packs and packed.shape == (1, rows.numel(), *dense.shape[2:])
