@@ -115,13 +115,19 @@ def _attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     """Packed queries q (G,N,dh) (G = Hp*S query heads), query n of batch row rows[n] at positions[n],
     against each row's keys and values k, v (B,Hp,Tk,dh) -> (G,N,dh).
 
-    Every projection around this runs on the N queries alone; only the attention itself lays them
-    out per row, ``(B',G,W,dh)`` for the B' rows that have queries and W the most queries of any row,
-    so that SDPA reads each query's own row up to its own position. A list no longer than the batch
-    (the last positions still settling) gathers each query's own row instead (``_attend_gathered``)."""
-    B = k.shape[0]
-    if rows.numel() <= B:
+    Every projection around this runs on the N queries alone; only the attention itself sees the
+    rows: laid out per row (``_attend_rows``), or, for a list no longer than the batch (the last
+    positions still settling), with each query's own row gathered (``_attend_gathered``)."""
+    if rows.numel() <= k.shape[0]:
         return _attend_gathered(q, k, v, positions, rows)
+    return _attend_rows(q, k, v, positions, rows)
+
+
+def _attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+    """``_attend_packed`` laid out per row, ``(B',G,W,dh)`` for the B' rows that have queries and W
+    the most queries of any row, so that SDPA reads each query's own row up to its own position."""
+    B = k.shape[0]
     counts = torch.bincount(rows, minlength=B)  # (B,) queries per row
     width, empty = torch.stack([counts.max(), (counts == 0).sum()]).tolist()
     if empty:  # leave out the rows with no query: their keys would be read for nothing
@@ -143,8 +149,9 @@ def _attend_gathered(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
                      rows: torch.Tensor) -> torch.Tensor:
     """``_attend_packed`` for a short list: each query takes a copy of its own row's keys and values,
     ``(N,Hp,Tk,dh)``, no more than the batch's when N <= B, and its S slot queries of a head attend as
-    one block. A third of the per-row layout's time at N = 8 on this project's CPU (its bincount, host
-    sync and scatter cost more than the attention), and 4-40x slower than it for N of 128-2,048."""
+    one block. On this project's CPU (B 32, 72 keys) it takes a third of the per-row layout's time for
+    N of 8-32, whose bincount, host sync and scatter cost more than the attention, and 1.4-12x its
+    time for N of 128-2,048 (docs/measurements/cpu/k_loop_overhead/packed_attention.py)."""
     G, N, dh = q.shape
     Hp = k.shape[1]
     qn = q.view(Hp, G // Hp, N, dh).permute(2, 0, 1, 3)  # (N,Hp,S,dh): query head g = hp * S + s
