@@ -134,12 +134,15 @@ def _step(workspace: Workspace, clocked, takes_active: bool, state: WorkspaceSta
     return workspace.step(state, h_eff, k, v)
 
 
-def _halt(halting: HaltingRule | None, raw, prev_raw, memo: dict, k: int, state: WorkspaceState, active):
-    """``active`` less the positions the halting rule stops after step k."""
+def _halt(halting: HaltingRule | None, raw, prev_raw, memo: dict, k: int, state: WorkspaceState, active,
+          sparse: bool = True):
+    """``active`` less the positions the halting rule stops after step k. ``sparse``: a rule that
+    ``reads_active`` is given the mask (the eager loop, which syncs with the host every step anyway; the
+    compiled loop, which syncs every ``SYNC_EVERY`` steps, lets the rule decide the whole block)."""
     if halting is None:
         return active
     given = {"h": state.h} if halting.reads_state else {}
-    if halting.reads_active:
+    if halting.reads_active and sparse:
         given["active"] = active
     halt = halting.update(raw, prev_raw, memo, k, **given)
     return active & ~halt
@@ -172,7 +175,7 @@ def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions
     # where a rule asks (``memo["keep"]``), the live steps start from an earlier state
     start = _LiveStart(copies_previous=halting is not None and halting.marks_previous)
     if n_frozen and halting is not None and halting.halts_before_steps:  # a position may need no frozen step
-        active = _halt(halting, None, None, memo, 0, state, active)
+        active = _halt(halting, None, None, memo, 0, state, active, sparse=not compiled)
         start.offer(memo, state, steps)
     for i in range(n_frozen):
         start.before_step(state, steps)
@@ -201,7 +204,7 @@ def _frozen(one_step, workspace, clocked, takes_active, state, tk, tv, positions
         steps += active.long()
         if trace and prev_raw is not None:
             traces.append(movement(raw, prev_raw))
-        active = _halt(halting, raw, prev_raw, memo, i + 1, state, active)
+        active = _halt(halting, raw, prev_raw, memo, i + 1, state, active, sparse=not compiled)
         start.offer(memo, state, steps)
         prev_raw = raw
     state, steps = start.apply(state, steps)

@@ -226,8 +226,9 @@ class HaltingRule:
     Optional, for a rule that learns:
     - ``reads_state = True``: ``update`` also receives ``h=`` the state after step k ``(B,T,d)`` (a
       buffer the loop may overwrite in place: clone what is kept in ``memo``);
-    - ``reads_active = True``: ``update`` also receives ``active=`` the positions still settling ``(B,T)``
-      bool; its answer elsewhere is ignored (they have halted), so it may compute at these alone;
+    - ``reads_active = True``: the eager loop also passes ``active=`` the positions still settling
+      ``(B,T)`` bool; the answer elsewhere is ignored (they have halted), so the rule may compute at
+      these alone (the compiled loop, which avoids a host sync per step, passes none);
     - ``halts_before_steps`` True (a rule that reads the state): it is also asked once before the
       first frozen step, with ``k=0``, ``raw`` and ``prev_raw`` None and the initial state, so a
       position may take no frozen step at all (K = live_steps);

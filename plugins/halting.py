@@ -222,7 +222,7 @@ class LearnedHalting(parallax.HaltingRule, nn.Module):
                bar: float) -> torch.Tensor:
         """Where the logit reaches ``bar`` ``(B,T)``, computed at the ``active`` positions alone: once most
         positions have halted, the head over the whole block would cost every step what a full step's
-        projections cost, and the positions still settling are a few (docs/halting.md, "Measured")."""
+        projections cost, and the positions still settling are a few (docs/halting.md, "The protocol")."""
         B, T, d = h.shape
         if k < self.cfg.k_min:
             return torch.zeros(B, T, dtype=torch.bool, device=h.device)

@@ -419,3 +419,23 @@ def test_the_loop_tells_a_rule_that_reads_active_which_positions_still_settle(ti
             rule_class.reads_active = True
     assert seen and seen[0] is not None and seen[-1] is None
     assert len(k_part.unique()) > 1 and torch.equal(k_part, k_whole)
+
+
+def test_the_compiled_loop_asks_about_the_whole_block():
+    """The compiled frozen phase syncs with the host every few steps; a ``reads_active`` rule there is
+    not given the mask (finding its positions would sync every step) and decides the whole block."""
+    from parallax.kloop import _halt
+    from parallax.protocols import WorkspaceState
+    from plugins.halting import LearnedHalting
+
+    class Spy(LearnedHalting):
+        def update(self, raw, prev_raw, memo, k, h=None, active=None):
+            memo.setdefault("given", []).append(active)
+            return super().update(raw, prev_raw, memo, k, h=h, active=active)
+
+    rule = Spy(LearnedHalting.Config(k_min=0), d_model=4).eval()
+    state = WorkspaceState(torch.randn(2, 3, 4), torch.ones(2, 3, 1, 1))
+    active, memo = torch.ones(2, 3, dtype=torch.bool), {}
+    _halt(rule, None, None, memo, 1, state, active)
+    _halt(rule, None, None, memo, 1, state, active, sparse=False)
+    assert memo["given"][0] is active and memo["given"][1] is None
