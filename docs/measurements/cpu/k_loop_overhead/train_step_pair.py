@@ -8,13 +8,13 @@ batch of 32 x 32, forward at K (``fixed_k``), cross-entropy, backward and an Ada
 the first 2 untimed (compilation); medians of the rest, in ms.
 """
 import json
-import math
 import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from workspace_step import einsum_step  # the step's former form, beside this script
 
 from parallax.bench import build_k_loop_model
 from parallax.runs import load
@@ -22,20 +22,6 @@ from parallax_kernels.workspace import workspace_step_ref
 
 torch.set_num_threads(1)
 K = int(sys.argv[1]) if len(sys.argv) > 1 else 16
-
-
-def einsum_step(q, k, v, cum, decay, base, active=None):
-    """The reference step as it was written before: two einsums."""
-    old = cum
-    raw = torch.einsum("bthd,btshd->bths", q, k) / math.sqrt(q.shape[-1])  # (B,T,H,S)
-    decay = decay.to(raw.dtype)[:, None]
-    cum = decay * cum + (1.0 - decay) + raw
-    out = torch.einsum("bths,btshd->bthd", torch.log1p(F.silu(cum)) / math.log(base), v)  # (B,T,H,dh)
-    if active is not None:
-        a = active[..., None, None]
-        out, raw, cum = out * a, raw * a, torch.where(a, cum, old)
-    return out, cum, raw
-
 
 recipe = load("recipes/recall.yaml", [])
 _, device, data, model = build_k_loop_model(recipe, "memory")
