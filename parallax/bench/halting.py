@@ -16,6 +16,11 @@ on a GPU, bound by latency), time follows iterations, not position-steps, and (a
 ``a_over_b_lockstep`` = iterations (a) / iterations (b). ``a_at_k_max`` and
 ``position_steps_row_bound`` say how much (a) could save at best.
 
+``train.compile=true`` (an override) times the compiled K loop instead, its compile left out of the
+timings (``warm_up_seconds``). Its frozen steps run on the full block with halted positions masked
+and ask the host every few steps whether any position still settles, so position-steps count the
+block, not the positions, and time follows the slowest position of each batch.
+
 Two ways to run the model: ``parallel`` (the default) settles whole validation batches at once, as
 training and evaluation do, so a K step runs while any position of the batch is settling;
 ``incremental`` feeds ``sequences`` validation sequences one token at a time, alone, through the
@@ -32,6 +37,7 @@ import torch
 from rich.table import Table
 
 from .. import checkpoint as ckpt
+from ..compiling import compile_for_inference, wanted
 from ..generate import IncrementalState
 from . import build_k_loop_model
 
@@ -43,6 +49,12 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
     path = checkpoint or ckpt.latest(recipe.out_dir)
     if path is not None:
         ckpt.load_model_state(path, model)
+    # ``train.compile=true`` times the compiled K loop (``auto`` stays eager here, as for evaluation): its
+    # frozen steps run on the full block with halted positions masked, so the rule saves iterations only
+    # once a whole block has halted, and its position-steps count the block (docs/benchmarks.md)
+    compiled = wanted(recipe.train.compile, model, device)
+    if compiled:
+        compile_for_inference(model)
     if mode == "incremental":
         val = next(iter(data.val_batches(sequences)))["inputs"]  # (N,T)
         inputs = [row[None].to(device) for row in val]  # N sequences of (1,T)
@@ -77,7 +89,12 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
         k_mean = sum(km.float().mean().item() for km in k_maps) / len(k_maps)
         return time.perf_counter() - t0, k_mean, work, sum(loops) / len(loops), k_maps
 
-    run(False, k_max)  # warm-up
+    t0 = time.perf_counter()
+    run(False, k_max)  # warm-up, and the compile where compiled: its time is reported apart
+    if compiled:  # the fixed settings' graphs too (a K budget of live steps alone has no frozen step)
+        run(True, k_max)
+        run(True, max(model.live_steps, round(model.k_max / 2)))
+    warm_up_seconds = time.perf_counter() - t0
     _, m, _, _, k_maps = run(False, k_max)
     limits = _adaptive_limits(k_maps, model.live_steps, k_max) if mode == "parallel" else None
     settings = {"a_adaptive": (False, k_max), "b_fixed_round_m": (True, max(model.live_steps, round(m))),
@@ -126,6 +143,7 @@ def measure(recipe, checkpoint: str | None = None, batches: int = 4, repeats: in
                    "k_loop_a_over_c_per_m_over_k_max": round((ka / kc) / (m / k_max), 3)}
     return {
         "device": str(device), "checkpoint": str(path) if path else None, "mode": mode, "tokens": tokens,
+        "compiled": compiled, "warm_up_seconds": round(warm_up_seconds, 1),
         "batch_shape": list(inputs[0].shape),
         "repeats": repeats,
         "k_max": model.k_max, "m": round(m, 3), "rows": rows,
@@ -173,9 +191,10 @@ def run(args, out, err) -> int:
     if args.json:
         out.out(json.dumps(result, indent=2), highlight=False)
         return 0
+    how = f", compiled (warm-up and compile {result['warm_up_seconds']} s)" if result["compiled"] else ""
     table = Table("setting", "K budget", "mean K", "position-steps/token", "iterations/K loop", "µs/token",
                   "K loop µs/token",
-                  title=f"halting on {result['device']}, {result['mode']} "
+                  title=f"halting on {result['device']}, {result['mode']}{how} "
                         f"(m = {result['m']}, k_max = {result['k_max']})")
     for r in result["rows"]:
         loop = r["k_loop_seconds_per_token"]

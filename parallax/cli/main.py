@@ -200,7 +200,8 @@ def build_parser() -> Parser:
     hb = bsub.add_parser("halting", help="wall time per token: adaptive halting vs fixed K = round(m) vs fixed k_max")
     hb.add_argument("recipe", help="a recipe (its out_dir's newest checkpoint is timed), or a run directory or "
                     "step-XXXXXXXX/ folder (its own recipe and weights)")
-    hb.add_argument("overrides", nargs="*")
+    hb.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.compile=true to time the compiled "
+                    "K loop (its compile left out)")
     hb.add_argument("--checkpoint", default=None, help="a step-XXXXXXXX directory (default: newest in out_dir)")
     hb.add_argument("--batches", type=_count, default=4, help="validation batches timed per setting")
     hb.add_argument("--batch-size", type=_count, default=None,

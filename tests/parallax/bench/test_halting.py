@@ -30,6 +30,20 @@ def test_bench_halting_reports_the_three_settings(tiny_recipe, capsys):
     assert out["position_steps_row_bound"] >= a["position_steps_per_token"] - 1e-3
     assert 0 <= out["a_at_k_max"] <= 1
     assert out["a_over_b"] > 0 and out["c_over_a_floor"] == round(k_max / out["m"] * 0.7, 3)
+    assert out["compiled"] is False
+
+
+def test_bench_halting_times_the_compiled_k_loop_when_asked(tiny_recipe, capsys):
+    """train.compile=true: the same three settings through the compiled K loop, whose masked frozen steps
+    compute the whole block while any of its positions settles, the compile left out of the timings."""
+    assert main(["bench", "halting", str(tiny_recipe), "train.compile=true", "--batch-size", "3", "--batches", "2",
+                 "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a, b, c = out["rows"]
+    assert out["compiled"] is True and out["warm_up_seconds"] > 0
+    assert c["k_mean"] == c["position_steps_per_token"] == out["k_max"]
+    assert a["position_steps_per_token"] >= a["k_mean"] - 1e-3  # masked, not packed: never fewer than taken
+    assert all(r["k_loop_seconds_per_token"] > 0 for r in out["rows"])
 
 
 def test_bench_halting_rejects_an_empty_batch(tiny_recipe, capsys):
